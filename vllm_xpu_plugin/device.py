@@ -1,0 +1,189 @@
+"""Every difference between an Intel GPU (torch ``xpu``) and CPU mode, in one place.
+
+The rest of the plugin calls these functions and never asks which device it is on.
+Lines that only run on a real Intel GPU are marked ``# XPU-only``: they cannot be
+exercised on a machine without one, so they are kept few and simple.
+
+Measured IPEX 2.8 facts this module encodes:
+- KV-cache layout: CPU kernels use [num_blocks, num_kv_heads, block_size, head_size]
+  ("HND"); the XPU kernels (vLLM 0.11) use [num_blocks, block_size, num_kv_heads,
+  head_size] ("NHD"). The wrong one segfaults in reshape_and_cache.
+- Kernel names: CPU silu_mul / gelu_mul / rotary_embedding /
+  single_query_cached_kv_attention vs XPU silu_and_mul / gelu_and_mul /
+  rotary_embedding_batched / single_query_kv_attention.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+
+from vllm_xpu_plugin import envs
+
+# --------------------------------------------------------------------------- device
+
+
+def is_cpu_mode() -> bool:
+    return envs.cpu_mode()
+
+
+def device_type() -> str:
+    return "cpu" if is_cpu_mode() else "xpu"
+
+
+def dispatch_key() -> str:
+    return "CPU" if is_cpu_mode() else "XPU"
+
+
+def torch_device(local_rank: int = 0) -> torch.device:
+    if is_cpu_mode():
+        return torch.device("cpu")
+    return torch.device(f"xpu:{local_rank}")  # XPU-only
+
+
+@functools.cache
+def ipex():
+    """Import IPEX lazily (importing it costs seconds and must not happen in register())."""
+    import intel_extension_for_pytorch
+
+    return intel_extension_for_pytorch
+
+
+def xpu_usable() -> bool:
+    """True when torch sees an Intel GPU and the XPU build of IPEX imports."""
+    try:
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            return False
+        ipex()
+        return True
+    except Exception:
+        return False
+
+
+def set_device(device: torch.device) -> None:
+    if device.type == "xpu":
+        torch.xpu.set_device(device)  # XPU-only
+
+
+def synchronize() -> None:
+    if not is_cpu_mode():
+        torch.xpu.synchronize()  # XPU-only
+
+
+def empty_cache() -> None:
+    if not is_cpu_mode():
+        torch.xpu.empty_cache()  # XPU-only
+
+
+def device_name(device_id: int = 0) -> str:
+    if is_cpu_mode():
+        import platform
+
+        return f"cpu ({platform.processor() or platform.machine()})"
+    return torch.xpu.get_device_name(device_id)  # XPU-only
+
+
+def total_memory(device_id: int = 0) -> int:
+    if is_cpu_mode():
+        import psutil
+
+        return psutil.virtual_memory().total
+    return torch.xpu.get_device_properties(device_id).total_memory  # XPU-only
+
+
+def memory_in_use(device: Optional[torch.types.Device] = None) -> float:
+    """Bytes in use by this process on the device (RSS in CPU mode)."""
+    if is_cpu_mode():
+        import psutil
+
+        return float(psutil.Process().memory_info().rss)
+    torch.xpu.reset_peak_memory_stats(device)  # XPU-only
+    return float(torch.xpu.max_memory_allocated(device))  # XPU-only
+
+
+def distributed_backend() -> str:
+    if is_cpu_mode():
+        return "gloo"
+    # XPU-only: torch 2.8 ships xccl for XPU builds; older stacks need oneCCL bindings.
+    try:
+        import torch.distributed as dist
+
+        if dist.is_xccl_available():
+            return "xccl"
+    except Exception:
+        pass
+    return "ccl"
+
+
+@contextmanager
+def cuda_api_redirect():
+    """While the GPUModelRunner constructor runs, make its ``torch.cuda.Event`` /
+    ``torch.cuda.Stream`` calls build objects for this device; restore on exit.
+
+    vLLM's own XPU runner leaves placeholders behind on ``torch.cuda``; this does not.
+    """
+    names = ("Event", "Stream", "current_stream", "default_stream", "stream")
+    saved = {n: getattr(torch.cuda, n) for n in names}
+    try:
+        if is_cpu_mode():
+            torch.cuda.Event = _HostEvent
+            torch.cuda.Stream = _HostStream
+        else:  # XPU-only
+            torch.cuda.Event = torch.xpu.Event
+            torch.cuda.Stream = torch.xpu.Stream
+            torch.cuda.current_stream = torch.xpu.current_stream
+            torch.cuda.default_stream = torch.xpu.current_stream
+            torch.cuda.stream = torch.xpu.stream
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(torch.cuda, n, v)
+
+
+class _HostEvent:
+    """A CPU stand-in for torch.cuda.Event: work on the host is already ordered."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def record(self, *args, **kwargs) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, *args, **kwargs) -> None:
+        pass
+
+
+class _HostStream:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- KV cache
+
+# The one place the KV-cache layout per device is decided.
+KV_LAYOUT_CPU = "HND"  # [num_blocks, num_kv_heads, block_size, head_size]
+KV_LAYOUT_XPU = "NHD"  # [num_blocks, block_size, num_kv_heads, head_size]
+
+
+def kv_cache_layout() -> str:
+    return KV_LAYOUT_CPU if is_cpu_mode() else KV_LAYOUT_XPU
+
+
+def kv_cache_shape(
+    num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+) -> tuple[int, ...]:
+    """Shape of one layer's KV cache: [2 (key, value), *per-device block layout]."""
+    if kv_cache_layout() == "HND":
+        return (2, num_blocks, num_kv_heads, block_size, head_size)
+    return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+
+# --------------------------------------------------------------------------- kernels
+# Thin wrappers over IPEX kernels, one per name difference between CPU and XPU builds.
+# (Filled in / extended by the attention and ops modules' owners.)

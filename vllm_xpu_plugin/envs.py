@@ -1,0 +1,38 @@
+"""Environment variables read by the plugin (the only place that reads them)."""
+
+import os
+
+__all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "cpu_mode"]
+
+
+def _device() -> str:
+    # "" (auto: use an Intel GPU if one is usable) or "cpu" (run the plugin's own code
+    # path on the CPU with IPEX's CPU kernels; this is how the test-suite runs).
+    return os.environ.get("VLLM_XPU_PLUGIN_DEVICE", "").strip().lower()
+
+
+def _cpu_kvcache_gb() -> float:
+    raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "").strip()
+    if not raw:
+        return 4.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"VLLM_XPU_PLUGIN_CPU_KVCACHE_GB={raw!r} is not a number of GiB (e.g. 4 or 0.5)"
+        ) from None
+    if value <= 0:
+        raise ValueError(f"VLLM_XPU_PLUGIN_CPU_KVCACHE_GB={raw!r} must be > 0")
+    return value
+
+
+def __getattr__(name: str):
+    if name == "VLLM_XPU_PLUGIN_DEVICE":
+        return _device()
+    if name == "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB":
+        return _cpu_kvcache_gb()
+    raise AttributeError(name)
+
+
+def cpu_mode() -> bool:
+    return _device() == "cpu"
