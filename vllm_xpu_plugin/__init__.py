@@ -1,0 +1,53 @@
+"""vLLM platform plugin for Intel GPUs (torch ``xpu``) on IPEX kernels.
+
+Entry points (see pyproject.toml):
+- ``vllm.platform_plugins``: :func:`register` returns the Platform's qualname when an Intel
+  GPU is usable or CPU mode is asked for (``VLLM_XPU_PLUGIN_DEVICE=cpu``), else ``None`` so
+  an installed plugin never takes over a CUDA or CPU machine.
+- ``vllm.general_plugins``: :func:`register_ops` registers the custom ops and quantization
+  configs (runs in every vLLM process; idempotent).
+"""
+
+from __future__ import annotations
+
+PLATFORM_QUALNAME = "vllm_xpu_plugin.platform.XPUPluginPlatform"
+
+
+def register() -> str | None:
+    """Pure and cheap: vLLM calls it more than once per process."""
+    from vllm_xpu_plugin import device, envs
+
+    if envs.VLLM_XPU_PLUGIN_DEVICE:
+        # CPU mode, or an explicit request for this plugin: a typo or a missing GPU is
+        # then reported by the platform in one line instead of silently falling back.
+        return PLATFORM_QUALNAME
+    if device.xpu_usable() or _command_line_requests_xpu():
+        return PLATFORM_QUALNAME
+    return None
+
+
+def _command_line_requests_xpu() -> bool:
+    """``vllm serve MODEL --device xpu`` names this plugin explicitly; without a usable
+    GPU the platform then exits with one line saying why (instead of vLLM's
+    "Failed to infer device type" traceback)."""
+    import sys
+
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv) and argv[i + 1] == "xpu":
+            return True
+        if arg == "--device=xpu":
+            return True
+    return False
+
+
+def register_ops() -> None:
+    """Register custom ops (``register_oot``) and quantization configs. Idempotent."""
+    from vllm_xpu_plugin.ops import register_all_ops
+
+    register_all_ops()
+    try:
+        from vllm_xpu_plugin.quantization import register_quantization_configs
+    except ImportError:  # quantization package not present yet
+        return
+    register_quantization_configs()

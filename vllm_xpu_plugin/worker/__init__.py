@@ -1,0 +1,1 @@
+"""The plugin's Worker and its narrow GPUModelRunner subclass."""

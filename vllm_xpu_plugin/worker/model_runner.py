@@ -1,0 +1,75 @@
+"""A narrow GPUModelRunner subclass for Intel GPUs and CPU mode.
+
+Only the device hooks are overridden (as vLLM's own cpu_model_runner.py does). The
+constructor runs inside :func:`device.cuda_api_redirect`, which points the few
+``torch.cuda.Event``/``Stream`` calls vLLM makes at construction to this device's
+equivalents and restores ``torch.cuda`` afterwards: no global patch survives.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.config import VllmConfig
+from vllm.logger import init_logger
+from vllm.v1.utils import CpuGpuBuffer
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+from vllm_xpu_plugin import device
+
+logger = init_logger(__name__)
+
+
+class XPUPluginModelRunner(GPUModelRunner):
+
+    def __init__(self, vllm_config: VllmConfig, device_: torch.device):
+        with device.cuda_api_redirect():
+            super().__init__(vllm_config, device_)
+        # Cascade attention and CUDA graphs are FlashAttention/CUDA features.
+        self.cascade_attn_enabled = False
+        self.use_cuda_graph = False
+        if device.is_cpu_mode():
+            self._alias_device_buffers_to_host()
+
+    # ------------------------------------------------------------------ device hooks
+
+    def _init_device_properties(self) -> None:
+        self.num_sms = None
+
+    def _sync_device(self) -> None:
+        device.synchronize()
+
+    def _to_list(self, sampled_token_ids: torch.Tensor) -> list[list[int]]:
+        if sampled_token_ids.device.type == "cpu":
+            return sampled_token_ids.tolist()
+        return super()._to_list(sampled_token_ids)
+
+    def get_dp_padding(self, num_tokens: int):
+        # No CUDA graphs, so data-parallel ranks need no common padded size.
+        return 0, None
+
+    def may_reinitialize_input_batch(self, kv_cache_config) -> None:
+        batch = self.input_batch
+        super().may_reinitialize_input_batch(kv_cache_config)
+        if device.is_cpu_mode() and self.input_batch is not batch:
+            self._alias_device_buffers_to_host()
+
+    # ------------------------------------------------------------------ CPU mode
+
+    def _alias_device_buffers_to_host(self) -> None:
+        """In CPU mode the "device" is the host: let each host/device buffer pair share one
+        tensor so that the per-step host-to-device copies vanish."""
+
+        def alias(obj) -> None:
+            for value in vars(obj).values():
+                if isinstance(value, CpuGpuBuffer):
+                    value.gpu = value.cpu
+
+        alias(self)
+        batch = self.input_batch
+        for name, value in list(vars(batch).items()):
+            if name.endswith("_cpu_tensor") and isinstance(value, torch.Tensor):
+                device_name = name[: -len("_cpu_tensor")]
+                if isinstance(getattr(batch, device_name, None), torch.Tensor):
+                    setattr(batch, device_name, value)
+        for block_table in batch.block_table.block_tables:
+            alias(block_table)
