@@ -2,7 +2,7 @@
 
 import os
 
-__all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "cpu_mode"]
+__all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "cpu_mode"]  # noqa: F822 (module __getattr__)
 
 
 def _device() -> str:
