@@ -1,0 +1,5 @@
+"""Speculative decoding without Triton: a torch rejection sampler the runner injects."""
+
+from vllm_xpu_plugin.spec_decode.rejection_sampler import TorchRejectionSampler
+
+__all__ = ["TorchRejectionSampler"]
