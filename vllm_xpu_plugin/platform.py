@@ -87,7 +87,9 @@ class XPUPluginPlatform(Platform):
     device_control_env_var: str = "ZE_AFFINITY_MASK"
     dist_backend: str = device.distributed_backend()
     simple_compile_backend: str = "eager"
-    supported_quantization: list[str] = ["ipex_gptq", "ipex_awq", "gptq", "awq"]
+    # The plugin's IPEX int4 configs (vllm_xpu_plugin.quantization); GPTQ/AWQ checkpoints
+    # are routed to them automatically. vLLM's own gptq/awq need vllm._C kernels.
+    supported_quantization: list[str] = ["ipex_gptq", "ipex_awq"]
 
     # ------------------------------------------------------------------ CLI / config
 
