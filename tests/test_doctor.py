@@ -68,6 +68,9 @@ class FakeProbe:
     allowlist: list | None = None
     plugins: dict = dataclasses.field(
         default_factory=lambda: {"xpu": "vllm_xpu_plugin:register"})
+    # What each platform plugin's register() returns; None for xpu means "as the real
+    # register() would": active in CPU mode or with a usable GPU. An exception is raised.
+    activations: dict = dataclasses.field(default_factory=dict)
     ipex_imported: bool = False
 
     def python_version(self):
@@ -109,6 +112,15 @@ class FakeProbe:
 
     def platform_plugins(self):
         return self.plugins
+
+    def activate_platform_plugin(self, name):
+        result = self.activations.get(name)
+        if isinstance(result, Exception):
+            raise result
+        if name == "xpu" and result is None:
+            usable = self.mode == "cpu" or self.torch.xpu_available
+            return "vllm_xpu_plugin.platform.XPUPluginPlatform" if usable else None
+        return result
 
 
 def cpu_probe(**changes) -> FakeProbe:
@@ -216,6 +228,12 @@ FAILURES = [
     ("VLLM_PLUGINS excludes the plugin", _xpu(allowlist=["lora_filesystem_resolver"]),
      "vLLM plugin", "xpu,xpu_ops"),
     ("VLLM_PLUGINS skips the ops", _xpu(allowlist=["xpu"]), "vLLM plugin", "xpu_ops"),
+    ("a second platform plugin activates",
+     _xpu(plugins={"xpu": "vllm_xpu_plugin:register", "other": "other_pkg:register"},
+          activations={"other": "other_pkg.platform.OtherPlatform"}),
+     "vLLM plugin", "VLLM_PLUGINS=xpu,xpu_ops"),
+    ("register() raises", _xpu(activations={"xpu": RuntimeError("boom")}), "vLLM plugin",
+     "fixing the problems above"),
 ]
 
 
@@ -231,6 +249,19 @@ def test_simulated_failure_exits_nonzero_with_one_line_fix(probe, check, fix):
     assert "Serving cannot work here" in text and check in text.splitlines()[-1]
 
 
+def test_installed_platform_plugin_that_stays_inactive_is_fine():
+    probe = _xpu(plugins={"xpu": "vllm_xpu_plugin:register", "other": "other_pkg:register"})
+    code, checks, text = run(probe)
+    assert code == 0 and checks["vLLM plugin"].status == OK, text
+    assert "XPUPluginPlatform" in checks["vLLM plugin"].detail
+
+
+def test_no_gpu_means_vllm_will_not_select_the_plugin():
+    code, checks, text = run(_xpu(torch=TorchStatus("2.8.0+xpu", True, False)))
+    assert code == 1 and checks["vLLM plugin"].status == FAIL, text
+    assert "VLLM_XPU_PLUGIN_DEVICE=cpu" in checks["vLLM plugin"].fix
+
+
 def test_ipex_not_imported_when_its_version_cannot_work():
     # IPEX exit()s on a torch major.minor mismatch: the doctor must not import it then.
     probe = _packages(_xpu(), intel_extension_for_pytorch="2.7.10+xpu")
@@ -242,9 +273,7 @@ def test_ipex_not_imported_when_its_version_cannot_work():
     (_xpu(xccl=False), "xccl", "whl/xpu"),
     (_xpu(devices=[DeviceInfo(0, "Intel(R) Arc(TM) A770 Graphics", 16 * GIB, "1.3")]),
      "xpu:0", "--dtype float16"),
-    (_xpu(plugins={"xpu": "vllm_xpu_plugin:register", "other": "other_pkg:register"}),
-     "vLLM plugin", "VLLM_PLUGINS=xpu,xpu_ops"),
-], ids=["no xccl", "Arc A770 bf16", "second platform plugin"])
+], ids=["no xccl", "Arc A770 bf16"])
 def test_warnings_keep_exit_code_zero(probe, check, fix):
     code, checks, text = run(probe)
     assert code == 0, text
@@ -290,6 +319,7 @@ def test_console_script_in_cpu_mode_reports_this_machine():
     assert checks["IPEX"]["detail"].startswith(version("intel-extension-for-pytorch"))
     assert checks["IPEX"]["detail"].endswith("(imports)")
     assert checks["mode"]["detail"].startswith("CPU mode")
+    assert checks["vLLM plugin"]["detail"].endswith("platform.XPUPluginPlatform")
 
 
 def test_xpu_mode_on_this_machine_agrees_with_torch(monkeypatch):
@@ -303,6 +333,7 @@ def test_xpu_mode_on_this_machine_agrees_with_torch(monkeypatch):
     if not has_gpu:
         assert not doctor.serving_possible(list(checks.values()))
         assert "VLLM_XPU_PLUGIN_DEVICE=cpu" in checks["torch.xpu"].fix
+        assert checks["vLLM plugin"].status == FAIL  # the real register() returns None
 
 
 def test_module_entry_point_help():

@@ -108,6 +108,7 @@ class Probe(Protocol):
     def plugin_env(self) -> PluginEnv: ...
     def vllm_plugins_allowlist(self) -> Optional[list[str]]: ...
     def platform_plugins(self) -> dict[str, str]: ...
+    def activate_platform_plugin(self, name: str) -> Optional[str]: ...
 
 
 # ----------------------------------------------------------------------- real probe
@@ -228,6 +229,14 @@ class SystemProbe:
         from importlib.metadata import entry_points
 
         return {ep.name: ep.value for ep in entry_points(group="vllm.platform_plugins")}
+
+    def activate_platform_plugin(self, name: str) -> Optional[str]:
+        """Call the plugin's register function as vLLM does: its Platform qualname or None."""
+        from importlib.metadata import entry_points
+
+        (entry_point,) = [ep for ep in entry_points(group="vllm.platform_plugins")
+                          if ep.name == name]
+        return entry_point.load()()
 
 
 # ----------------------------------------------------------------------- checks
@@ -483,13 +492,27 @@ class Doctor:
             self.add("vLLM plugin", FAIL, f"VLLM_PLUGINS={','.join(allow)} skips xpu_ops "
                      "(the plugin's ops)", "unset VLLM_PLUGINS or add xpu_ops to it")
             return
-        others = sorted(n for n in plugins if n != "xpu" and (allow is None or n in allow))
-        if others:
-            self.add("vLLM plugin", WARN, f"other platform plugins installed: "
-                     f"{', '.join(others)}; if one also activates, vLLM refuses to start",
+        activated = {}
+        for name in sorted(n for n in plugins if allow is None or n in allow):
+            try:
+                activated[name] = self.probe.activate_platform_plugin(name)
+            except Exception as exc:  # vLLM skips a plugin whose register() raises
+                activated[name] = None
+                if name == "xpu":
+                    self.add("vLLM plugin", FAIL, f"register() raised {_last_line(exc)}",
+                             "run the doctor again after fixing the problems above")
+                    return
+        others = sorted(n for n, qualname in activated.items() if qualname and n != "xpu")
+        if not activated.get("xpu"):
+            self.add("vLLM plugin", FAIL, "installed, but register() does not activate it "
+                     "here (no usable Intel GPU and CPU mode is off)",
+                     f"fix the GPU checks above, {HINT_CPU_MODE}")
+        elif others:
+            self.add("vLLM plugin", FAIL, f"other platform plugins activate too: "
+                     f"{', '.join(others)}; vLLM refuses to start with two",
                      "pip uninstall the other platform plugin, or set VLLM_PLUGINS=xpu,xpu_ops")
         else:
-            self.add("vLLM plugin", OK, "entry point registered; vLLM will load it")
+            self.add("vLLM plugin", OK, f"vLLM will use {activated['xpu']}")
 
 
 # ----------------------------------------------------------------------- report / CLI
