@@ -14,7 +14,8 @@ from vllm.logger import init_logger
 from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_xpu_plugin import device
+from vllm_xpu_plugin import device, structured_output
+from vllm_xpu_plugin.spec_decode import TorchRejectionSampler
 
 logger = init_logger(__name__)
 
@@ -29,6 +30,12 @@ class XPUPluginModelRunner(GPUModelRunner):
         self.use_cuda_graph = False
         if device.is_cpu_mode():
             self._alias_device_buffers_to_host()
+        # Speculative decoding: vLLM's RejectionSampler is Triton-only (spec_decode/).
+        if hasattr(self, "rejection_sampler"):
+            self.rejection_sampler = TorchRejectionSampler()
+        # Structured outputs: the grammar bitmask of the step being executed, applied in
+        # _sample by the plugin instead of by xgrammar's kernels (structured_output/).
+        self._pending_grammar_step = None
 
     # ------------------------------------------------------------------ device hooks
 
@@ -42,6 +49,22 @@ class XPUPluginModelRunner(GPUModelRunner):
         if sampled_token_ids.device.type == "cpu":
             return sampled_token_ids.tolist()
         return super()._to_list(sampled_token_ids)
+
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        # Hide the grammar bitmask from vLLM's xgrammar call (float32-only on CPU,
+        # torch.compile elsewhere); _sample applies it at the same point in the step.
+        scheduler_output, self._pending_grammar_step = (
+            structured_output.take_grammar_bitmask(scheduler_output))
+        try:
+            return super().execute_model(scheduler_output, intermediate_tensors)
+        finally:
+            self._pending_grammar_step = None
+
+    def _sample(self, logits, spec_decode_metadata):
+        if self._pending_grammar_step is not None and logits is not None:
+            structured_output.apply_grammar_bitmask(
+                self._pending_grammar_step, self.input_batch, logits)
+        return super()._sample(logits, spec_decode_metadata)
 
     def get_dp_padding(self, num_tokens: int):
         # No CUDA graphs, so data-parallel ranks need no common padded size.
