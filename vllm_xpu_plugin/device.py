@@ -187,3 +187,93 @@ def kv_cache_shape(
 # --------------------------------------------------------------------------- kernels
 # Thin wrappers over IPEX kernels, one per name difference between CPU and XPU builds.
 # (Filled in / extended by the attention and ops modules' owners.)
+
+# ---- ops kernels (used by vllm_xpu_plugin/ops; owner: ops) ----------------------
+# Every wrapper takes the same arguments on both devices. IPEX is imported lazily.
+
+
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = silu(x[..., :d]) * x[..., d:]`` with ``d = x.shape[-1] // 2``."""
+    if is_cpu_mode():
+        # IPEX's CPU ``silu_mul`` has no native kernel: it is
+        # ``torch.compile(silu(x) * y)``, whose first call compiles for 13-46 s and every
+        # new dtype / 1-token shape for ~2 s more (measured, 2 cores). The same formula
+        # run eagerly gives the same numbers with no warm-up.
+        d = x.shape[-1] // 2
+        return torch.mul(torch.nn.functional.silu(x[..., :d]), x[..., d:], out=out)
+    ipex().llm.functional.silu_and_mul(x, out)  # XPU-only
+    return out
+
+
+def gelu_and_mul(x: torch.Tensor, out: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``out = gelu(x[..., :d], approximate) * x[..., d:]``; approximate "none" or "tanh"."""
+    if is_cpu_mode():
+        # Same reason as silu_and_mul: IPEX CPU ``gelu_mul`` is a torch.compile wrapper.
+        d = x.shape[-1] // 2
+        gelu = torch.nn.functional.gelu(x[..., :d], approximate=approximate)
+        return torch.mul(gelu, x[..., d:], out=out)
+    ipex().llm.functional.gelu_and_mul(x, out, approximate)  # XPU-only
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm over the last dim into a new tensor of x's dtype. x may be a strided view.
+
+    ``weight`` may be fp32 while x is 16-bit (GemmaRMSNorm passes ``1 + w`` in fp32): the
+    CPU kernel then multiplies in fp32 and rounds once, which is Gemma's formula.
+    """
+    if is_cpu_mode():
+        return ipex().llm.functional.rms_norm(x, weight, eps)
+    return ipex().llm.functional.rms_norm(x, weight.to(x.dtype), eps)  # XPU-only
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residual += x`` (in place) and return ``(rms_norm(residual), residual)``.
+
+    Same kernel call on both builds (``add_rms_norm(residual, x, ..., add_back=True)``);
+    x is left unchanged and the normalized output is a new tensor.
+    """
+    if not is_cpu_mode():
+        weight = weight.to(x.dtype)  # XPU-only
+    out = ipex().llm.functional.add_rms_norm(residual, x, weight, None, eps, True)
+    return out, residual
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: Optional[torch.Tensor],
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    rotary_dim: int,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """In-place rotary embedding of vLLM's layout; returns ``(query, key)``.
+
+    positions: [num_tokens]; query/key: [num_tokens, heads * head_size] (or already
+    [num_tokens, heads, head_size]), strided views allowed; key may be None.
+    cos_sin_cache: [max_positions, rotary_dim] = cat(cos, sin), same dtype as query.
+    Only the first ``rotary_dim`` channels of each head are rotated.
+    """
+    num_tokens = positions.numel()
+    positions = positions.flatten()
+    # Neither build takes key=None: rotate a 1-head scratch key and drop it.
+    k = key if key is not None else query.new_zeros(num_tokens, head_size)
+    if is_cpu_mode():
+        # The CPU kernel wants per-token sin and cos padded to head_size // 2 (it reads
+        # only the first rotary_dim // 2 of them; the pad is never used).
+        cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
+        half = head_size // 2
+        if cos.shape[-1] != half:
+            cos = torch.nn.functional.pad(cos, (0, half - cos.shape[-1]), value=1.0)
+            sin = torch.nn.functional.pad(sin, (0, half - sin.shape[-1]), value=0.0)
+        q3 = query.view(num_tokens, -1, head_size)
+        k3 = k.view(num_tokens, -1, head_size)
+        ipex().llm.functional.rotary_embedding(q3, k3, sin, cos, rotary_dim, is_neox, None)
+    else:
+        ipex().llm.functional.rotary_embedding_batched(  # XPU-only
+            positions, query, k, head_size, cos_sin_cache, is_neox, rotary_dim
+        )
+    return query, key
