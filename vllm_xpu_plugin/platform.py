@@ -149,7 +149,9 @@ class XPUPluginPlatform(Platform):
         compilation_config.level = CompilationLevel.NO_COMPILATION
         compilation_config.cudagraph_mode = CUDAGraphMode.NONE
         compilation_config.cudagraph_capture_sizes = []
-        compilation_config.custom_ops = ["all"]
+        # Keep the user's "-op" opt-outs (e.g. -rms_norm to compare with the native path).
+        compilation_config.custom_ops = [
+            "all", *(op for op in compilation_config.custom_ops if op.startswith("-"))]
         if compilation_config.compile_sizes is None:
             compilation_config.compile_sizes = []
         if model_config is not None:
