@@ -230,6 +230,23 @@ def test_gptq_asymmetric_zero_point_zero(tp1):
     _check(layer, iq.dequantize(), None, torch.float32)
 
 
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_single_group_spanning_the_input(tp1, fmt):
+    """group_size == in_features (e.g. a 128-wide model with group 128): one group."""
+    from vllm.model_executor.layers.linear import ColumnParallelLinear
+
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(6)) * 0.05
+    cfg = _gptq_config(128, desc_act=True, sym=False) if fmt == "gptq" else _awq_config(128)
+    iq = rtn_quantize(w, 128, fmt, sym=False, perm=act_order_perm([w]) if fmt == "gptq" else None,
+                      model_dtype=torch.float32)
+    layer = ColumnParallelLinear(128, 64, bias=False, quant_config=cfg,
+                                 params_dtype=torch.float32)
+    for name, tensor in (pack_gptq(iq) if fmt == "gptq" else pack_awq(iq)).items():
+        _load(layer, name, tensor, None)
+    layer.quant_method.process_weights_after_loading(layer)
+    _check(layer, iq.dequantize(), None, torch.float32)
+
+
 def test_gptq_3d_input_and_no_bias(tp1):
     layer, ref_w, _ = _build("gate_up", "gptq", 64, bias=False)
     x = torch.randn(2, 3, HIDDEN, generator=torch.Generator().manual_seed(2))

@@ -65,6 +65,11 @@ def build_woq_linear(
         IPEXWeightOnlyQuantizedLinear,
     )
 
+    if group_size == in_features:
+        # One group spanning the whole input is per-channel quantization; IPEX 2.8's CPU
+        # prepack fails on a single explicit group ("Dimension out of range").
+        group_size = -1
+
     # Compute in the activation dtype (lowp_mode NONE). vLLM's upstream IPEX path uses INT8
     # lowp mode, which quantizes activations per token at run time; this plugin keeps the
     # activations in bf16/fp16/fp32 so results track the dequantized model.
