@@ -40,6 +40,8 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # The fast tokenizers' thread pool + fork (vLLM's engine process) only produce warnings.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny and small models need little KV cache; 1 GiB keeps several engines within memory.
+os.environ.setdefault("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "1")
 # OMP_NUM_THREADS is left as the caller set it (CI: all cores of the machine).
 
 import pytest  # noqa: E402
