@@ -1,0 +1,411 @@
+"""IPEX attention backend (vllm_xpu_plugin.attention.ipex_attn) against plain torch.
+
+Every batch goes through the real metadata builder and AttentionImpl.forward with a KV
+cache laid out as the backend declares. The expected values come from a reference that
+never reads the KV cache: it attends over each request's full K/V tensors made by the
+test, so a wrong cache write, a wrong block lookup, a misaligned causal mask, a wrong
+window or soft cap all show up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from vllm.attention.backends.abstract import AttentionType  # noqa: E402
+from vllm.v1.attention.backends.utils import CommonAttentionMetadata  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
+
+from vllm_xpu_plugin.attention.ipex_attn import (  # noqa: E402
+    IPEXAttentionBackend,
+    IPEXAttentionImpl,
+    IPEXAttentionMetadataBuilder,
+)
+
+# Per dtype: the kernels accumulate in fp32 and round the output once; 16-bit outputs of
+# magnitude ~1-3 are then off by up to a few ulps (bf16 ulp at 2 = 2**-7).
+TOLERANCES = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.bfloat16: dict(atol=3e-2, rtol=2e-2),
+    torch.float16: dict(atol=5e-3, rtol=5e-3),
+}
+BLOCK_SIZES = (16, 32, 64, 128)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+HEAD_SIZE = 64
+PADDING_ROWS = 3  # rows past num_actual_tokens, as the runner's padded buffers have
+
+
+@dataclass(frozen=True)
+class Request:
+    context_len: int  # tokens already in the KV cache (earlier steps or prefix-cache hit)
+    query_len: int  # tokens computed in this step
+
+
+# Decodes, whole prefills, chunked prefills and prefix-cache hits (block-aligned context
+# for every block size), in no particular order; contexts span several blocks.
+MIXED_BATCH = (
+    Request(context_len=37, query_len=1),
+    Request(context_len=0, query_len=45),
+    Request(context_len=150, query_len=1),
+    Request(context_len=70, query_len=23),
+    Request(context_len=128, query_len=9),
+    Request(context_len=0, query_len=1),
+    Request(context_len=300, query_len=1),
+    Request(context_len=5, query_len=17),
+)
+
+
+@dataclass
+class Batch:
+    requests: tuple[Request, ...]
+    block_size: int
+    num_heads: int
+    num_kv_heads: int
+    dtype: torch.dtype
+    query: torch.Tensor  # [tokens + padding, heads, head] strided view of a fused qkv
+    key: torch.Tensor  # [tokens + padding, kv_heads, head] strided view
+    value: torch.Tensor
+    full_keys: list[torch.Tensor]  # per request [seq_len, kv_heads, head]
+    full_values: list[torch.Tensor]
+    kv_cache: torch.Tensor  # [2, blocks, kv_heads, block_size, head] (CPU layout)
+    block_table: torch.Tensor  # [reqs, max_blocks] int32
+    slot_mapping: torch.Tensor  # [tokens] int64
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.query_len for r in self.requests)
+
+
+def cache_rows(block_table_row: torch.Tensor, positions: torch.Tensor, block_size: int):
+    """(block ids, offsets) where a request's tokens at `positions` live in the cache."""
+    return block_table_row[positions // block_size].long(), positions % block_size
+
+
+def make_batch(
+    requests=MIXED_BATCH,
+    block_size=16,
+    num_heads=8,
+    num_kv_heads=2,
+    dtype=torch.float32,
+    query_gain=1.0,
+    seed=0,
+) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    blocks_per_request = [-(-(r.context_len + r.query_len) // block_size) for r in requests]
+    num_blocks = sum(blocks_per_request) + 3
+    # Blocks scattered over the cache, never in request order.
+    block_ids = torch.randperm(num_blocks, generator=gen)
+    block_table = torch.zeros(len(requests), max(blocks_per_request), dtype=torch.int32)
+    start = 0
+    for i, n in enumerate(blocks_per_request):
+        block_table[i, :n] = block_ids[start : start + n]
+        start += n
+
+    shape = IPEXAttentionBackend.get_kv_cache_shape(num_blocks, block_size, num_kv_heads,
+                                                    HEAD_SIZE)
+    # Large garbage in unused slots: reading any of them changes the result visibly.
+    kv_cache = (torch.randn(*shape, generator=gen) * 100).to(dtype)
+
+    num_tokens = sum(r.query_len for r in requests)
+    qkv_width = (num_heads + 2 * num_kv_heads) * HEAD_SIZE
+    qkv = torch.zeros(num_tokens + PADDING_ROWS, qkv_width, dtype=dtype)
+    query = qkv[:, : num_heads * HEAD_SIZE].view(-1, num_heads, HEAD_SIZE)
+    key = qkv[:, num_heads * HEAD_SIZE : (num_heads + num_kv_heads) * HEAD_SIZE].view(
+        -1, num_kv_heads, HEAD_SIZE)
+    value = qkv[:, (num_heads + num_kv_heads) * HEAD_SIZE :].view(-1, num_kv_heads, HEAD_SIZE)
+
+    full_keys, full_values, slots = [], [], []
+    token = 0
+    for i, r in enumerate(requests):
+        seq_len = r.context_len + r.query_len
+        k, v = randn(seq_len, num_kv_heads, HEAD_SIZE), randn(seq_len, num_kv_heads, HEAD_SIZE)
+        full_keys.append(k)
+        full_values.append(v)
+        # The context is in the cache already (written here by plain indexing) ...
+        blocks, offsets = cache_rows(block_table[i], torch.arange(r.context_len), block_size)
+        kv_cache[0, blocks, :, offsets, :] = k[: r.context_len]
+        kv_cache[1, blocks, :, offsets, :] = v[: r.context_len]
+        # ... the new tokens come in as the layer's key/value inputs.
+        rows = slice(token, token + r.query_len)
+        key[rows] = k[r.context_len :]
+        value[rows] = v[r.context_len :]
+        query[rows] = randn(r.query_len, num_heads, HEAD_SIZE) * query_gain
+        blocks, offsets = cache_rows(block_table[i], torch.arange(r.context_len, seq_len),
+                                     block_size)
+        slots.append(blocks * block_size + offsets)
+        token += r.query_len
+    query[num_tokens:] = randn(PADDING_ROWS, num_heads, HEAD_SIZE)
+
+    return Batch(requests, block_size, num_heads, num_kv_heads, dtype, query, key, value,
+                 full_keys, full_values, kv_cache, block_table, torch.cat(slots))
+
+
+def common_metadata(batch: Batch) -> CommonAttentionMetadata:
+    """What vLLM's GPUModelRunner hands the metadata builder for this batch."""
+    query_lens = torch.tensor([r.query_len for r in batch.requests], dtype=torch.int32)
+    context_lens = torch.tensor([r.context_len for r in batch.requests], dtype=torch.int32)
+    seq_lens = context_lens + query_lens
+    query_start_loc = torch.zeros(len(batch.requests) + 1, dtype=torch.int32)
+    query_start_loc[1:] = torch.cumsum(query_lens, 0)
+    return CommonAttentionMetadata(
+        query_start_loc=query_start_loc,
+        query_start_loc_cpu=query_start_loc.clone(),
+        seq_lens=seq_lens,
+        seq_lens_cpu=seq_lens.clone(),
+        num_computed_tokens_cpu=context_lens,
+        num_reqs=len(batch.requests),
+        num_actual_tokens=batch.num_tokens,
+        max_query_len=int(query_lens.max()),
+        max_seq_len=int(seq_lens.max()),
+        block_table_tensor=batch.block_table,
+        slot_mapping=batch.slot_mapping,
+    )
+
+
+def run_backend(batch: Batch, slot_mapping=None, **impl_kwargs) -> torch.Tensor:
+    """Build metadata with the backend's builder and run its impl; returns the output."""
+    spec = FullAttentionSpec(block_size=batch.block_size, num_kv_heads=batch.num_kv_heads,
+                             head_size=HEAD_SIZE, dtype=batch.dtype,
+                             sliding_window=impl_kwargs.get("sliding_window"))
+    # The builder reads nothing from the VllmConfig.
+    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, torch.device("cpu"))
+    common = common_metadata(batch)
+    if slot_mapping is not None:
+        common.slot_mapping = slot_mapping
+    metadata = builder.build(common_prefix_len=0, common_attn_metadata=common)
+    impl = IPEXAttentionImpl(
+        num_heads=batch.num_heads,
+        head_size=HEAD_SIZE,
+        scale=HEAD_SIZE**-0.5,
+        num_kv_heads=batch.num_kv_heads,
+        alibi_slopes=None,
+        sliding_window=impl_kwargs.get("sliding_window"),
+        kv_cache_dtype="auto",
+        logits_soft_cap=impl_kwargs.get("logits_soft_cap"),
+        attn_type=AttentionType.DECODER,
+        kv_sharing_target_layer_name=impl_kwargs.get("kv_sharing_target_layer_name"),
+    )
+    output = torch.zeros_like(batch.query, memory_format=torch.contiguous_format)
+    returned = impl.forward(None, batch.query, batch.key, batch.value, batch.kv_cache,
+                            metadata, output=output)
+    assert returned is output
+    return output
+
+
+def reference_attention(batch: Batch, sliding_window=None, logits_soft_cap=None):
+    """Plain-torch causal attention over each request's full K/V, softmax in fp32.
+
+    Query j of a request with context c sits at position c + j and sees positions
+    <= c + j (and > c + j - sliding_window when windowed). Returns [tokens, heads, head].
+    """
+    group = batch.num_heads // batch.num_kv_heads
+    outputs, token = [], 0
+    for r, k, v in zip(batch.requests, batch.full_keys, batch.full_values, strict=True):
+        q = batch.query[token : token + r.query_len].float()
+        k = k.float().repeat_interleave(group, dim=1)
+        v = v.float().repeat_interleave(group, dim=1)
+        logits = torch.einsum("qhd,khd->hqk", q, k) * HEAD_SIZE**-0.5
+        if logits_soft_cap:
+            logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
+        query_pos = torch.arange(r.context_len, r.context_len + r.query_len)[:, None]
+        key_pos = torch.arange(r.context_len + r.query_len)[None, :]
+        visible = key_pos <= query_pos
+        if sliding_window is not None:
+            visible &= key_pos > query_pos - sliding_window
+        probs = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+        outputs.append(torch.einsum("hqk,khd->qhd", probs, v))
+        token += r.query_len
+    return torch.cat(outputs)
+
+
+def expected_cache(batch: Batch, initial_cache: torch.Tensor, skip_tokens=()) -> torch.Tensor:
+    """The cache after the step: the new tokens' K/V at their slots, nothing else changed."""
+    cache = initial_cache.clone()
+    for token, slot in enumerate(batch.slot_mapping.tolist()):
+        if token in skip_tokens:
+            continue
+        block, offset = divmod(slot, batch.block_size)
+        cache[0, block, :, offset] = batch.key[token]
+        cache[1, block, :, offset] = batch.value[token]
+    return cache
+
+
+def assert_close(actual, expected, dtype):
+    torch.testing.assert_close(actual.float(), expected.float(), **TOLERANCES[dtype])
+
+
+def check_step(batch: Batch, **features):
+    """Run the backend on `batch` and check the output, the padding rows and the cache."""
+    initial_cache = batch.kv_cache.clone()
+    output = run_backend(batch, **features)
+    assert_close(output[: batch.num_tokens], reference_attention(batch, **features),
+                 batch.dtype)
+    assert torch.count_nonzero(output[batch.num_tokens :]) == 0, "padding rows written"
+    assert torch.equal(batch.kv_cache, expected_cache(batch, initial_cache))
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_kv_cache_shape_is_the_cpu_kernels_layout():
+    # Measured: the CPU kernels read [num_blocks, num_kv_heads, block_size, head_size];
+    # any other layout crashes reshape_and_cache or silently corrupts attention.
+    assert IPEXAttentionBackend.get_kv_cache_shape(7, 16, 2, 64) == (2, 7, 2, 16, 64)
+    assert IPEXAttentionBackend.get_kv_cache_stride_order() == (0, 1, 2, 3, 4)
+
+
+def test_builder_passes_cumulative_kv_lengths():
+    batch = make_batch()
+    spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=HEAD_SIZE,
+                             dtype=torch.float32)
+    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, torch.device("cpu"))
+    metadata = builder.build(0, common_metadata(batch))
+    seq_lens = [r.context_len + r.query_len for r in batch.requests]
+    running = [sum(seq_lens[:i]) for i in range(len(seq_lens) + 1)]
+    assert metadata.seq_start_loc.tolist() == running
+    assert metadata.seq_start_loc.dtype == torch.int32
+    assert metadata.max_seq_len == max(seq_lens)
+    assert metadata.kv_write_token_indices is None
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_mixed_batch_gqa(block_size, dtype):
+    """Decodes, prefills, chunked prefills and prefix-cache hits in one batch; 8 query
+    heads share 2 KV heads."""
+    check_step(make_batch(block_size=block_size, dtype=dtype, seed=block_size))
+
+
+@pytest.mark.parametrize("block_size,dtype", [(16, torch.float32), (64, torch.bfloat16)])
+def test_mixed_batch_mqa(block_size, dtype):
+    check_step(make_batch(block_size=block_size, num_kv_heads=1, dtype=dtype, seed=1))
+
+
+@pytest.mark.parametrize("sliding_window", [2, 24])
+@pytest.mark.parametrize("block_size,dtype", [(16, torch.float32), (128, torch.float16)])
+def test_sliding_window(block_size, dtype, sliding_window):
+    batch = make_batch(block_size=block_size, dtype=dtype, seed=2)
+    # The window must matter for this batch, or the test could not fail.
+    windowed = reference_attention(batch, sliding_window=sliding_window)
+    assert (windowed - reference_attention(batch)).abs().max() > 0.2
+    check_step(batch, sliding_window=sliding_window)
+
+
+@pytest.mark.parametrize("block_size,dtype", [(32, torch.float32), (64, torch.bfloat16)])
+def test_logits_soft_cap(block_size, dtype):
+    # Larger queries push logits past the cap, so capping changes the result.
+    batch = make_batch(block_size=block_size, dtype=dtype, query_gain=4.0, seed=3)
+    capped = reference_attention(batch, logits_soft_cap=5.0)
+    assert (capped - reference_attention(batch)).abs().max() > 0.2
+    check_step(batch, logits_soft_cap=5.0)
+
+
+def test_sliding_window_with_soft_cap_mqa():
+    batch = make_batch(block_size=128, num_kv_heads=1, dtype=torch.bfloat16,
+                       query_gain=4.0, seed=4)
+    check_step(batch, sliding_window=32, logits_soft_cap=10.0)
+
+
+# --------------------------------------------------------------------------- cache writes
+
+
+def test_tokens_without_a_slot_are_not_written():
+    """vLLM marks tokens with no cache slot -1 (dummy runs, padding); the CPU kernel
+    would write those out of bounds, so the backend must leave them out."""
+    batch = make_batch(block_size=16, seed=5)
+    skipped = {0, 46}  # a decode's token and the first token of the 3rd request
+    slot_mapping = batch.slot_mapping.clone()
+    slot_mapping[list(skipped)] = -1
+    initial_cache = batch.kv_cache.clone()
+    output = run_backend(batch, slot_mapping=slot_mapping)
+    assert torch.equal(batch.kv_cache, expected_cache(batch, initial_cache, skipped))
+    # Every other token attends exactly as usual.
+    keep = [t for t in range(batch.num_tokens) if t not in skipped]
+    assert_close(output[keep], reference_attention(batch)[keep], batch.dtype)
+
+
+def test_kv_sharing_layer_reads_but_does_not_write_the_cache():
+    batch = make_batch(block_size=32, seed=6)
+    # The layer that owns the cache has stored this step's tokens already.
+    batch.kv_cache.copy_(expected_cache(batch, batch.kv_cache))
+    filled_cache = batch.kv_cache.clone()
+    batch.key.fill_(1e4)  # must not reach the cache
+    batch.value.fill_(1e4)
+    output = run_backend(batch, kv_sharing_target_layer_name="layers.0.attn")
+    assert torch.equal(batch.kv_cache, filled_cache)
+    assert_close(output[: batch.num_tokens], reference_attention(batch), batch.dtype)
+
+
+def test_profiling_run_without_metadata_returns_the_output_untouched():
+    impl = IPEXAttentionImpl(8, HEAD_SIZE, HEAD_SIZE**-0.5, 2)
+    output = torch.zeros(4, 8, HEAD_SIZE)
+    query = torch.randn(4, 8, HEAD_SIZE)
+    key = value = torch.randn(4, 2, HEAD_SIZE)
+    assert impl.forward(None, query, key, value, torch.empty(0), None, output=output) is output
+    assert torch.count_nonzero(output) == 0
+
+
+# --------------------------------------------------------------------------- startup errors
+
+
+def build_impl(**overrides):
+    args = dict(num_heads=8, head_size=HEAD_SIZE, scale=0.125, num_kv_heads=2,
+                alibi_slopes=None, sliding_window=None, kv_cache_dtype="auto",
+                logits_soft_cap=None, attn_type=AttentionType.DECODER,
+                kv_sharing_target_layer_name=None)
+    args.update(overrides)
+    return IPEXAttentionImpl(**args)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(alibi_slopes=[0.5] * 8), "ALiBi"),
+        (dict(head_size=1100), "head size 1100 is not supported .* on cpu"),
+        (dict(kv_cache_dtype="fp8"), "--kv-cache-dtype fp8 is not supported"),
+        (dict(kv_cache_dtype="fp8_e5m2"), "--kv-cache-dtype fp8_e5m2 is not supported"),
+        (dict(attn_type=AttentionType.ENCODER), "attention type 'encoder'"),
+        (dict(attn_type=AttentionType.ENCODER_ONLY), "attention type 'encoder_only'"),
+        (dict(attn_type=AttentionType.ENCODER_DECODER), "attention type 'encoder_decoder'"),
+        (dict(sinks=torch.zeros(8)), "attention sinks"),
+        # IPEX reads the resulting left window 0 as "no window".
+        (dict(sliding_window=1), "sliding window 1 is not supported"),
+        (dict(num_kv_heads=3), "not a multiple of 3 KV heads"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_unsupported_settings_fail_at_construction(overrides, message):
+    with pytest.raises((ValueError, NotImplementedError), match=message) as error:
+        build_impl(**overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_unsupported_model_dtype_fails_at_construction():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the model's dtype while its layers are built
+    try:
+        with pytest.raises(ValueError, match="dtype torch.float64 is not supported"):
+            build_impl()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_xpu_head_sizes_are_checked_at_construction(monkeypatch):
+    # Construction reads the XPU head-size list without touching a device, so the XPU
+    # rule is testable here: 80 is outside the list vLLM 0.11 enforces on XPU.
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_DEVICE", "xpu")
+    with pytest.raises(ValueError, match="head size 80 is not supported .* on xpu"):
+        build_impl(head_size=80)
+    build_impl(head_size=128)

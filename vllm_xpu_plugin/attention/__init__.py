@@ -1,0 +1,1 @@
+"""Attention backend of the plugin (``ipex_attn.IPEXAttentionBackend``)."""

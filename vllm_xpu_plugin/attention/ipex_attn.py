@@ -1,0 +1,335 @@
+"""vLLM v1 attention backend on IPEX PagedAttention kernels.
+
+Every batch - decodes, prefills, chunked prefills and prefix-cache hits, mixed in any
+order - takes one path: the new tokens' K/V are written into the paged cache, then one
+``flash_attn_varlen_func`` call attends each sequence's queries over its whole cached
+context. No batch reordering is needed.
+
+The single-query decode kernel is not used: on CPU it was slower than the varlen kernel
+for small decode batches (about 2x at 1-8 sequences) and faster only for large ones
+(1.1-2.5x at 32-64 sequences x 1-2k tokens); XPU has a different decode kernel that
+cannot be measured here. One path keeps CPU mode a faithful test of the XPU one.
+
+Per-device kernel calls and the KV-cache layout live in ``vllm_xpu_plugin.device``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+from vllm.attention.backends.abstract import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionLayer,
+    AttentionType,
+)
+from vllm.config import VllmConfig
+from vllm.logger import init_logger
+from vllm.v1.attention.backends.utils import (
+    AttentionCGSupport,
+    AttentionMetadataBuilder,
+    CommonAttentionMetadata,
+)
+from vllm.v1.kv_cache_interface import AttentionSpec
+
+from vllm_xpu_plugin import device
+
+logger = init_logger(__name__)
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class IPEXAttentionBackend(AttentionBackend):
+    # The Attention layer allocates the output and the kernel writes into it.
+    accept_output_buffer: bool = True
+
+    @staticmethod
+    def get_name() -> str:
+        # A _Backend member name, so vLLM maps it to _Backend.IPEX (layer.backend) like
+        # any in-tree backend; nothing in vLLM 0.11 branches on IPEX.
+        return "IPEX"
+
+    @staticmethod
+    def get_impl_cls() -> type[IPEXAttentionImpl]:
+        return IPEXAttentionImpl
+
+    @staticmethod
+    def get_metadata_cls() -> type[IPEXAttentionMetadata]:
+        return IPEXAttentionMetadata
+
+    @staticmethod
+    def get_builder_cls() -> type[IPEXAttentionMetadataBuilder]:
+        return IPEXAttentionMetadataBuilder
+
+    @classmethod
+    def get_supported_dtypes(cls) -> list[torch.dtype]:
+        return list(SUPPORTED_DTYPES)
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return device.attention_head_sizes()
+
+    @classmethod
+    def validate_head_size(cls, head_size: int) -> None:
+        supported = cls.get_supported_head_sizes()
+        if head_size not in supported:
+            raise ValueError(
+                f"head size {head_size} is not supported by the IPEX attention kernels on "
+                f"{device.device_type()}; supported head sizes: {_describe_sizes(supported)}"
+            )
+
+    @staticmethod
+    def get_kv_cache_shape(
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_size: int,
+        cache_dtype_str: str = "auto",
+    ) -> tuple[int, ...]:
+        return device.kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size)
+
+    @staticmethod
+    def get_kv_cache_stride_order() -> tuple[int, ...]:
+        # Allocate exactly get_kv_cache_shape(), contiguous: the kernels index raw
+        # memory, and a permuted view of another layout gives silently wrong results.
+        return (0, 1, 2, 3, 4)
+
+
+@dataclass
+class IPEXAttentionMetadata:
+    """One batch's attention inputs; the first fields are named as vLLM's
+    FlashAttentionMetadata so generic vLLM code reading them works."""
+
+    num_actual_tokens: int  # tokens in the batch, without padding rows
+    max_query_len: int
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32, cumulative query lengths
+    max_seq_len: int
+    seq_lens: torch.Tensor  # [num_reqs] int32, context + new tokens per request
+    seq_start_loc: torch.Tensor  # [num_reqs + 1] int32, cumulative seq_lens
+    block_table: torch.Tensor  # [num_reqs, max_blocks_per_req] int32
+    slot_mapping: torch.Tensor  # [num_actual_tokens] cache slot per token, -1 = none
+    # Set when some tokens have no cache slot (-1, e.g. dummy runs): only these token
+    # rows are written, to these slots, because the CPU kernel does not skip -1.
+    kv_write_token_indices: Optional[torch.Tensor] = None
+    kv_write_slot_mapping: Optional[torch.Tensor] = None
+    causal: bool = True
+
+
+class IPEXAttentionMetadataBuilder(AttentionMetadataBuilder[IPEXAttentionMetadata]):
+    # The plugin runs eagerly (no graphs), and one kernel takes any batch order.
+    cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+    reorder_batch_threshold: ClassVar[Optional[int]] = None
+
+    def __init__(
+        self,
+        kv_cache_spec: AttentionSpec,
+        layer_names: list[str],
+        vllm_config: VllmConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(
+        self,
+        common_prefix_len: int,
+        common_attn_metadata: CommonAttentionMetadata,
+        fast_build: bool = False,
+    ) -> IPEXAttentionMetadata:
+        # common_prefix_len is always 0: the platform disables cascade attention.
+        common = common_attn_metadata
+        num_reqs = common.num_reqs
+        seq_lens = common.seq_lens[:num_reqs]
+        # The kernel takes cumulative KV lengths, not per-request lengths.
+        seq_start_loc = torch.zeros(num_reqs + 1, dtype=torch.int32, device=seq_lens.device)
+        torch.cumsum(seq_lens, dim=0, dtype=torch.int32, out=seq_start_loc[1:])
+
+        slot_mapping = common.slot_mapping[: common.num_actual_tokens]
+        kv_write_token_indices = kv_write_slot_mapping = None
+        has_slot = slot_mapping >= 0
+        if not bool(has_slot.all()):
+            kv_write_token_indices = has_slot.nonzero().flatten()
+            kv_write_slot_mapping = slot_mapping[kv_write_token_indices]
+
+        return IPEXAttentionMetadata(
+            num_actual_tokens=common.num_actual_tokens,
+            max_query_len=common.max_query_len,
+            query_start_loc=common.query_start_loc.to(torch.int32),
+            max_seq_len=common.max_seq_len,
+            seq_lens=seq_lens,
+            seq_start_loc=seq_start_loc,
+            block_table=common.block_table_tensor.to(torch.int32),
+            slot_mapping=slot_mapping,
+            kv_write_token_indices=kv_write_token_indices,
+            kv_write_slot_mapping=kv_write_slot_mapping,
+            causal=common.causal,
+        )
+
+
+class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
+    """Decoder self-attention. Everything the kernels cannot do is rejected here, when
+    the model is built, so a served model never fails on its first request."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: Optional[int] = None,
+        alibi_slopes: Optional[list[float]] = None,
+        sliding_window: Optional[int] = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: Optional[float] = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: Optional[str] = None,
+        sinks: Optional[torch.Tensor] = None,
+    ) -> None:
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        _reject_unsupported(
+            num_heads=num_heads,
+            head_size=head_size,
+            num_kv_heads=num_kv_heads,
+            alibi_slopes=alibi_slopes,
+            sliding_window=sliding_window,
+            kv_cache_dtype=kv_cache_dtype,
+            attn_type=attn_type,
+            sinks=sinks,
+            dcp_world_size=self.dcp_world_size,
+        )
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.sliding_window = sliding_window
+        # A query at position p sees the sliding_window keys p - sliding_window + 1 .. p.
+        self.window_left = -1 if sliding_window is None else sliding_window - 1
+        # IPEX disables the cap with -1 (0 is not "off" on CPU).
+        self.logits_soft_cap = -1.0 if not logits_soft_cap else float(logits_soft_cap)
+        # Layers that reuse another layer's KV cache must not write into it.
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+
+    def forward(
+        self,
+        layer: AttentionLayer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: IPEXAttentionMetadata,
+        output: Optional[torch.Tensor] = None,
+        output_scale: Optional[torch.Tensor] = None,
+        output_block_scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """query [num_tokens, num_heads, head_size]; key/value [num_tokens, num_kv_heads,
+        head_size]; kv_cache [2, *device.kv_cache_shape(...)[1:]]; output like query.
+        Rows past attn_metadata.num_actual_tokens are padding and left as they are."""
+        if output is None:
+            raise ValueError("IPEXAttentionImpl needs the output buffer (accept_output_buffer)")
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError(
+                "fused output quantization is not supported by the IPEX attention backend")
+        if attn_metadata is None:
+            # Memory-profiling run: no KV cache exists yet.
+            return output
+
+        num_tokens = attn_metadata.num_actual_tokens
+        key_cache, value_cache = kv_cache.unbind(0)
+
+        if self.kv_sharing_target_layer_name is None:
+            if attn_metadata.kv_write_token_indices is None:
+                device.write_kv_cache(
+                    key[:num_tokens], value[:num_tokens], key_cache, value_cache,
+                    attn_metadata.slot_mapping)
+            else:
+                indices = attn_metadata.kv_write_token_indices
+                device.write_kv_cache(
+                    key.index_select(0, indices), value.index_select(0, indices),
+                    key_cache, value_cache, attn_metadata.kv_write_slot_mapping)
+
+        device.paged_attention_varlen(
+            output[:num_tokens],
+            query[:num_tokens],
+            key_cache,
+            value_cache,
+            attn_metadata.query_start_loc,
+            attn_metadata.seq_start_loc,
+            attn_metadata.max_query_len,
+            attn_metadata.max_seq_len,
+            self.scale,
+            attn_metadata.block_table,
+            window_left=self.window_left,
+            softcap=self.logits_soft_cap,
+        )
+        return output
+
+
+def _reject_unsupported(
+    *,
+    num_heads: int,
+    head_size: int,
+    num_kv_heads: int,
+    alibi_slopes: Optional[list[float]],
+    sliding_window: Optional[int],
+    kv_cache_dtype: str,
+    attn_type: str,
+    sinks: Optional[torch.Tensor],
+    dcp_world_size: int,
+) -> None:
+    """Raise one line naming the first thing the IPEX attention kernels cannot do."""
+    prefix = "IPEX attention backend: "
+    if attn_type != AttentionType.DECODER:
+        raise NotImplementedError(
+            f"{prefix}attention type {attn_type!r} is not supported (decoder self-attention "
+            "only: the kernels are causal; encoder and cross attention are not)")
+    if alibi_slopes is not None:
+        raise NotImplementedError(f"{prefix}ALiBi position biases are not supported")
+    if sinks is not None:
+        raise NotImplementedError(f"{prefix}attention sinks are not supported")
+    if sliding_window is not None and sliding_window < 2:
+        # The kernel's left window is sliding_window - 1, and it reads 0 as "no window"
+        # (measured on CPU), so a 1-token window would silently attend to everything.
+        raise NotImplementedError(
+            f"{prefix}sliding window {sliding_window} is not supported (minimum 2)")
+    if kv_cache_dtype != "auto":
+        raise NotImplementedError(
+            f"{prefix}--kv-cache-dtype {kv_cache_dtype} is not supported (fp8 KV cache "
+            "included); use --kv-cache-dtype auto")
+    if dcp_world_size > 1:
+        raise NotImplementedError(f"{prefix}decode context parallelism is not supported")
+    if num_kv_heads <= 0 or num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"{prefix}{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
+    IPEXAttentionBackend.validate_head_size(head_size)
+    # The layer is built under the model's dtype as torch's default dtype.
+    dtype = torch.get_default_dtype()
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{prefix}dtype {dtype} is not supported; use float32, float16 or bfloat16")
+
+
+def _describe_sizes(sizes: list[int]) -> str:
+    """'1-256, 260-1024 (step 4)' for long lists, the plain list for short ones."""
+    if len(sizes) <= 12:
+        return ", ".join(map(str, sizes))
+    runs: list[list[int]] = []  # [first, last, step]
+    for size in sizes:
+        if runs and (len(runs[-1]) == 1 or size - runs[-1][1] == runs[-1][2]):
+            run = runs[-1]
+            if len(run) == 1:
+                run += [size, size - run[0]]
+            else:
+                run[1] = size
+        else:
+            runs.append([size])
+    parts = []
+    for run in runs:
+        if len(run) == 1:
+            parts.append(str(run[0]))
+        elif run[2] == 1:
+            parts.append(f"{run[0]}-{run[1]}")
+        else:
+            parts.append(f"{run[0]}-{run[1]} (step {run[2]})")
+    return ", ".join(parts)
