@@ -28,7 +28,7 @@ STAMP := $(VENV)/.vllm-xpu-plugin-installed
 export VLLM_XPU_PLUGIN_CACHE := $(CACHE)
 
 .PHONY: help venv install models serve lint test test-slow test-xpu accuracy accuracy-xpu \
-	soak bench bench-kernels clean-venv
+	soak bench bench-kernels bench-step clean-venv
 
 help:
 	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
@@ -87,7 +87,10 @@ soak: install models
 	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak
 
 bench: install models
-	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serve
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serving --model $(MODEL_DIR)
+
+bench-step: install models
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.step_profile
 
 bench-kernels: install
 	OMP_NUM_THREADS=2 VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels
