@@ -1,0 +1,215 @@
+"""Engine-step profile: host overhead per step, and the decode step vs its floor.
+
+    make bench-step      # or: python -m benchmarks.step_profile [--batches 1 16]
+
+Runs ``vllm.LLM`` with the plugin and a benchmark-only worker
+(benchmarks/timed_worker.py) that timestamps every ``execute_model`` and times the model
+forward (+ logits) and the sampler inside it. For the steady decode steps of each batch
+size it prints the median engine step (start of one step to the start of the next), the
+forward, and the host overhead = step - forward, split into:
+
+- in the runner: input preparation, sampling, bookkeeping (``execute_model`` - forward);
+- outside the runner: scheduling, output processing, engine messaging (step -
+  ``execute_model``).
+
+Floor of a decode step at batch B (issue 7), with ceilings measured in this run: the larger
+of (weight bytes read per step / STREAM-copy bandwidth) and (model FLOPs / the FLOP/s
+``F.linear`` reaches on the model's own weight shapes at 1024 tokens). Also printed: the
+time the same GEMMs take alone at B rows (the product's GEMM path, no model around them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _common  # noqa: E402
+
+TARGET_STEP_OVER_FLOOR = 1.5  # issue 7: decode step at batch 16 within 1.5x of its floor
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="HF model dir (default: SmolLM2 fixture)")
+    _common.add_thread_args(ap)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--stream-mib", type=int, default=512)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.input_len, args.output_len, args.stream_mib = 16, 12, 32
+    return args
+
+
+def _median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(records: list[dict], batch: int) -> dict:
+    """Medians over the steady decode steps (every request decoding one token)."""
+    steps = []
+    for cur, nxt in zip(records, records[1:], strict=False):
+        if cur["num_reqs"] == batch and cur["num_tokens"] == batch:
+            steps.append(dict(step=nxt["start"] - cur["start"], execute=cur["end"] - cur["start"],
+                              forward=cur["forward"], sample=cur["sample"]))
+    if not steps:
+        raise RuntimeError(f"no steady decode steps at batch {batch} were recorded")
+    out = {k: _median([s[k] for s in steps]) for k in ("step", "execute", "forward", "sample")}
+    out["runner_other"] = out["execute"] - out["forward"] - out["sample"]
+    out["outside_runner"] = out["step"] - out["execute"]
+    out["host_overhead"] = out["step"] - out["forward"]
+    out["decode_steps"] = len(steps)
+    out["all_steps"] = len(records)
+    return out
+
+
+def model_costs(weights: list[dict], config: dict, batch: int, context: float):
+    """(bytes read, linear FLOPs, attention FLOPs, weight shapes) of one decode step."""
+    names = {w["name"] for w in weights}
+    tied = not any(n.endswith("lm_head.weight") for n in names)
+    total_bytes, gemm_shapes = 0, []
+    for w in weights:
+        is_embed = "embed_tokens" in w["name"]
+        if is_embed and not tied:
+            continue  # only B rows of an untied embedding are read
+        total_bytes += w["bytes"]
+        if len(w["shape"]) == 2 and (w["name"].endswith(".weight")) and (
+                is_embed or "norm" not in w["name"]):
+            n, k = w["shape"]
+            gemm_shapes.append((k, n))
+    linear_flops = sum(2 * batch * k * n for k, n in gemm_shapes)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    attn_flops = int(4 * batch * context * heads * head_dim * config["num_hidden_layers"])
+    return total_bytes, linear_flops, attn_flops, gemm_shapes
+
+
+def gemm_rates(shapes, dtype, tokens: int, rounds: int) -> dict:
+    from benchmarks import roofline
+
+    return {s: roofline.matmul_flops([s], dtype, tokens=tokens, rounds=rounds)
+            for s in sorted(set(shapes))}
+
+
+def gemms_alone(shapes, dtype, batch: int, rounds: int) -> float:
+    """Seconds for one pass of F.linear over every weight shape at ``batch`` rows."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=gen).to(dtype) for k, n in shapes]
+    inputs = {k: torch.randn(batch, k, generator=gen).to(dtype) for k, _ in shapes}
+
+    def run():
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    return _common.compare({"g": run}, rounds=rounds, min_round_s=0.0, warmup=1)["g"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _common.pin_threads(args.threads, args.omp_wait_policy)
+    _common.ensure_cpu_mode()
+    _common.ensure_repo_on_path()
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from benchmarks import roofline
+
+    model = _common.resolve_model(args.model)
+    config = json.loads((model / "config.json").read_text())
+    info = _common.machine_info(args.threads)
+    dtype = getattr(torch, args.dtype)
+    print(f"# step profile: {model.name} {args.dtype}, {args.input_len} in / {args.output_len}"
+          f" out\n# {_common.describe_machine(info)}", flush=True)
+
+    llm = LLM(model=str(model), dtype=args.dtype, seed=0, enable_prefix_caching=False,
+              max_model_len=args.input_len + args.output_len + 16,
+              max_num_seqs=max(args.batches), worker_cls="benchmarks.timed_worker.TimedWorker")
+    vocab = config["vocab_size"]
+    gen = torch.Generator().manual_seed(0)
+
+    def prompts(n):
+        return [TokensPrompt(prompt_token_ids=torch.randint(3, vocab, (args.input_len,),
+                                                            generator=gen).tolist())
+                for _ in range(n)]
+
+    llm.generate(prompts(max(args.batches)), SamplingParams(max_tokens=4, ignore_eos=True),
+                 use_tqdm=False)  # warm-up
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    runs = {}
+    for batch in args.batches:
+        llm.collective_rpc("reset_step_records")
+        t0 = time.perf_counter()
+        llm.generate(prompts(batch), params, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        summary = summarize(llm.collective_rpc("get_step_records")[0], batch)
+        summary["wall_tok_s"] = batch * args.output_len / wall
+        runs[batch] = summary
+        print(f"batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, forward "
+              f"{summary['forward'] * 1e3:.1f} ms", flush=True)
+    weights = llm.collective_rpc("weight_shapes")[0]
+    del llm
+
+    # Ceilings, measured now (the engine is idle).
+    rounds = 2 if args.quick else 3
+    bandwidth = roofline.copy_bandwidth(args.stream_mib, rounds=rounds + 2)
+    _, _, _, shapes = model_costs(weights, config, 1, 1)
+    rates = gemm_rates(shapes, dtype, tokens=128 if args.quick else 1024, rounds=rounds)
+
+    rows, results = [], {}
+    context = args.input_len + args.output_len / 2
+    for batch, s in runs.items():
+        wbytes, lin_flops, attn_flops, shapes = model_costs(weights, config, batch, context)
+        t_bw = wbytes / bandwidth
+        t_compute = sum(2 * batch * k * n / rates[(k, n)] for k, n in shapes)
+        t_compute += attn_flops / statistics.fmean(rates.values())
+        floor = max(t_bw, t_compute)
+        alone = gemms_alone(shapes, dtype, batch, rounds)
+        r = dict(**s, weight_bytes=wbytes, linear_flops=lin_flops, attn_flops=attn_flops,
+                 floor_bandwidth=t_bw, floor_compute=t_compute, floor=floor,
+                 gemms_alone=alone, step_over_floor=s["step"] / floor,
+                 forward_over_floor=s["forward"] / floor)
+        results[batch] = r
+        ms = 1e3
+        rows.append([batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
+                     100 * s["host_overhead"] / s["step"], s["runner_other"] * ms,
+                     s["sample"] * ms, s["outside_runner"] * ms, floor * ms, alone * ms,
+                     r["step_over_floor"], batch / s["step"]])
+    print(f"\nbandwidth (STREAM copy) {bandwidth / 1e9:.1f} GB/s; {args.dtype} GEMM on the "
+          f"model's shapes: {min(rates.values()) / 1e12:.2f}-{max(rates.values()) / 1e12:.2f}"
+          " TFLOP/s")
+    print(_common.format_table(
+        ["batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
+         "outside", "floor ms", "GEMMs", "step/floor", "tok/s"], rows))
+    print("host ovh = step - forward = prep+bk (runner: inputs, bookkeeping) + sample + "
+          "outside (scheduler, output processing, messaging). floor = max(weight bytes / "
+          "bandwidth, FLOPs / GEMM FLOP/s); GEMMs = the model's GEMMs alone at that batch.")
+    target_batch = 16 if 16 in results else max(results)
+    ratio = results[target_batch]["step_over_floor"]
+    print(f"target: decode step at batch {target_batch} <= {TARGET_STEP_OVER_FLOOR}x floor: "
+          f"{ratio:.2f}x -> {_common.verdict(ratio <= TARGET_STEP_OVER_FLOOR)}")
+    out = args.json or _common.RESULTS_DIR / (
+        "step_profile-quick.json" if args.quick else "step_profile.json")
+    _common.save_json(dict(machine=info, args=vars(args), model=str(model),
+                           bandwidth_bytes_per_s=bandwidth,
+                           gemm_flops_per_s={f"{k}x{n}": v for (k, n), v in rates.items()},
+                           batches=results), out)
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""A worker whose model runner times each engine step, for benchmarks/step_profile.py.
+
+Injected with ``vllm.LLM(..., worker_cls="benchmarks.timed_worker.TimedWorker")``; the
+product is not patched. Per ``execute_model`` call it records:
+
+- ``start`` / ``end``: the call itself (input preparation + forward + sampling +
+  bookkeeping);
+- ``forward``: the model's forward and ``compute_logits`` (the device work of the step);
+- ``sample``: the sampler;
+- the batch: requests and scheduled tokens.
+
+The time from one call's start to the next call's start is the engine step; what is not
+``forward`` in it is host overhead: scheduling, input preparation, sampling, output
+processing and the engine's inter-process messaging.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vllm_xpu_plugin import device
+from vllm_xpu_plugin.worker.model_runner import XPUPluginModelRunner
+from vllm_xpu_plugin.worker.xpu_worker import XPUPluginWorker
+
+
+class _TimedModel:
+    """Delegates to the model; adds the time of ``__call__`` and ``compute_logits``."""
+
+    def __init__(self, model, runner: TimedModelRunner) -> None:
+        self._model = model
+        self._runner = runner
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self._model(*args, **kwargs)
+        device.synchronize()
+        self._runner._forward_s += time.perf_counter() - t0
+        return out
+
+    def compute_logits(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self._model.compute_logits(*args, **kwargs)
+        device.synchronize()
+        self._runner._forward_s += time.perf_counter() - t0
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+class TimedModelRunner(XPUPluginModelRunner):
+    """The plugin's runner plus per-step timestamps (see module docstring)."""
+
+    def _init_timing(self) -> None:
+        self.step_records: list[dict] = []
+        self._forward_s = 0.0
+        self._sample_s = 0.0
+
+    def load_model(self, *args, **kwargs) -> None:
+        super().load_model(*args, **kwargs)
+        self.model = _TimedModel(self.model, self)
+
+    def _sample(self, logits, spec_decode_metadata):
+        t0 = time.perf_counter()
+        out = super()._sample(logits, spec_decode_metadata)
+        device.synchronize()
+        self._sample_s += time.perf_counter() - t0
+        return out
+
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        self._forward_s = self._sample_s = 0.0
+        start = time.perf_counter()
+        out = super().execute_model(scheduler_output, intermediate_tensors)
+        end = time.perf_counter()
+        num_reqs = len(scheduler_output.num_scheduled_tokens)
+        self.step_records.append(dict(
+            start=start, end=end, forward=self._forward_s, sample=self._sample_s,
+            num_reqs=num_reqs, num_tokens=scheduler_output.total_num_scheduled_tokens))
+        return out
+
+
+class TimedWorker(XPUPluginWorker):
+
+    def init_device(self) -> None:
+        super().init_device()
+        # The plugin's worker builds XPUPluginModelRunner; make it the timed subclass
+        # (same state, the subclass only adds methods and the records it creates here).
+        self.model_runner.__class__ = TimedModelRunner
+        self.model_runner._init_timing()
+
+    def reset_step_records(self) -> None:
+        self.model_runner.step_records = []
+
+    def get_step_records(self) -> list[dict]:
+        return list(self.model_runner.step_records)
+
+    def weight_shapes(self) -> list[dict]:
+        """Every parameter of the loaded model: name, shape, bytes (for the floor)."""
+        model = self.model_runner.model._model
+        return [dict(name=n, shape=list(p.shape), bytes=p.numel() * p.element_size(),
+                     dtype=str(p.dtype)) for n, p in model.named_parameters()]
