@@ -86,14 +86,22 @@ accuracy-xpu: install
 soak: install models
 	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak
 
+# Benchmarks (docs/performance.md): every process gets BENCH_THREADS OMP threads; extra
+# script arguments in BENCH_ARGS, e.g. make bench BENCH_ARGS="--concurrency 16".
+BENCH_THREADS ?= 2
+BENCH_ARGS ?=
 bench: install models
-	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serving --model $(MODEL_DIR)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serving \
+		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 bench-step: install models
-	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.step_profile
+	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.step_profile \
+		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 bench-kernels: install
-	OMP_NUM_THREADS=2 VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels
+	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels \
+		--threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
