@@ -15,7 +15,7 @@ from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, structured_output
-from vllm_xpu_plugin.spec_decode import TorchRejectionSampler
+from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
 
 logger = init_logger(__name__)
 
@@ -33,6 +33,7 @@ class XPUPluginModelRunner(GPUModelRunner):
         # Speculative decoding: vLLM's RejectionSampler is Triton-only (spec_decode/).
         if hasattr(self, "rejection_sampler"):
             self.rejection_sampler = TorchRejectionSampler()
+            prepare_ngram_proposer(self.drafter)
         # Structured outputs: the grammar bitmask of the step being executed, applied in
         # _sample by the plugin instead of by xgrammar's kernels (structured_output/).
         self._pending_grammar_step = None
