@@ -82,7 +82,8 @@ class HFBaseline:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(
-                    **enc, max_new_tokens=output_len, min_new_tokens=output_len,
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    max_new_tokens=output_len, min_new_tokens=output_len,
                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
                     stopping_criteria=StoppingCriteriaList([clock]))
             new_tokens = out.shape[1] - enc["input_ids"].shape[1]
