@@ -28,13 +28,14 @@ STAMP := $(VENV)/.vllm-xpu-plugin-installed
 export VLLM_XPU_PLUGIN_CACHE := $(CACHE)
 
 .PHONY: help venv install models serve lint test test-slow test-xpu accuracy accuracy-xpu \
-	soak bench bench-kernels bench-step clean-venv
+	soak bench bench-kernels bench-step smoke-serve clean-venv
 
 help:
 	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
 	@echo "make test       lint + the default test suite (CPU mode, tests not marked slow)"
 	@echo "make test-slow  the long suites (pytest -m slow)"
 	@echo "make lint       ruff check ."
+	@echo "make smoke-serve  start the server, check it answers the France question, stop it"
 	@echo "make models     build SmolLM2-135M-Instruct into $(MODEL_DIR)"
 	@echo "make install    create $(VENV) and pip install -e '.[$(EXTRAS)]' (once per pyproject change)"
 
@@ -59,6 +60,10 @@ serve: install models
 	VLLM_XPU_PLUGIN_DEVICE=cpu $(VENV)/bin/vllm serve $(MODEL_DIR) \
 		--host $(HOST) --port $(PORT) --served-model-name $(SERVED_MODEL_NAME) \
 		--device cpu --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) $(SERVE_ARGS)
+
+# The quick start end to end: serve, ask the France question, require Paris, stop.
+smoke-serve:
+	HOST=$(HOST) PORT=$(PORT) scripts/smoke_serve.sh
 
 lint: install
 	$(PY) -m ruff check .
