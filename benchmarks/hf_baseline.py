@@ -40,6 +40,7 @@ class HFRun:
             "mean_itl_ms": statistics.fmean(self.itls) * ms if self.itls else float("nan"),
             "p99_itl_ms": percentile(self.itls, 99) * ms,
             "completed": self.num_prompts,
+            "output_tokens": self.output_tokens,
             "duration": self.seconds,
             "batch_size": self.batch_size,
         }
