@@ -58,8 +58,8 @@ def _check_against_hf(model_dir, prompts, completions, tie_margin=TIE_MARGIN,
     ref = hf_greedy(model_dir, prompts, MAX_NEW_TOKENS, ignore_eos=True)
     assert_greedy_close(ref, [list(c.token_ids) for c in completions], tie_margin=tie_margin)
     # Where the tokens agree, the chosen token's logprob must agree too.
-    for r, c in zip(ref, completions):
-        for step, (hf_tok, tok) in enumerate(zip(r.output_ids, c.token_ids)):
+    for r, c in zip(ref, completions, strict=False):
+        for step, (hf_tok, tok) in enumerate(zip(r.output_ids, c.token_ids, strict=False)):
             if hf_tok != tok:
                 break
             got = c.logprobs[step][tok].logprob
