@@ -68,10 +68,10 @@ def _make_calls(text: str) -> set[str]:
     calls = set()
     for line in text.splitlines():
         line = line.split("#", 1)[0]
-        for match in re.finditer(r"(?:^|[\s;&|(])make\s+((?:[\w.-]+\s*)+)", line):
+        for match in re.finditer(r"(?:^|[\s;&|(])make\s+([^;&|)]*)", line):
             for word in match.group(1).split():
-                if "=" not in word and not word.startswith("-"):
-                    calls.add(word)
+                if re.fullmatch(r"[\w.-]+", word) and not word.startswith("-"):
+                    calls.add(word)  # VAR=value and -flags are not targets
     return calls
 
 
@@ -110,7 +110,8 @@ def _called_targets() -> set[str]:
 
 
 def test_modules_the_called_make_targets_run_exist():
-    """`make -n` prints each called target's recipe; its `python -m` modules must exist."""
+    """`make -n` prints each called target's recipe; its `python -m` modules and repository
+    scripts must exist."""
     missing = []
     for target in sorted(_called_targets() & _make_targets()):
         proc = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True,
@@ -122,6 +123,9 @@ def test_modules_the_called_make_targets_run_exist():
             rel = ROOT / Path(*module.split("."))
             if not (rel.with_suffix(".py").exists() or (rel / "__main__.py").exists()):
                 missing.append(f"make {target} -> python -m {module}")
+        for path in REPO_PATH.findall(proc.stdout):
+            if not (ROOT / path.rstrip(".")).exists():
+                missing.append(f"make {target} -> {path}")
     assert not missing, f"make targets called by CI run modules that do not exist: {missing}"
 
 
