@@ -281,6 +281,19 @@ def test_acceptance_rate_matches_target_probability(target_logits_rows):
     assert abs(accepted - probs[draft]) < 0.02, (accepted, probs[draft])
 
 
+def test_token_outside_top_k_is_never_accepted(target_logits_rows):
+    """top-k = 1 leaves the target all its mass on the argmax: a different draft token
+    has p = 0 and must always be replaced by the argmax."""
+    torch.manual_seed(7)
+    logits_row = target_logits_rows[0]
+    best = int(logits_row.argmax())
+    draft = int(torch.argsort(logits_row)[-2])
+    n = 20000
+    out = run_sampler([[draft]] * n, logits_row.repeat(n, 1),
+                      make_sampling_metadata([1.0] * n, top_k=[1] * n, batch_size=n))
+    assert (out[:, 0] == best).all() and (out[:, 1] == PLACEHOLDER_TOKEN_ID).all()
+
+
 def test_seeded_generators_reproducible(target_logits_rows):
     logits_row = target_logits_rows[0]
     draft = int(torch.argsort(logits_row)[-2])

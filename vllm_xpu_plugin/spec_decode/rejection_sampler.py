@@ -17,10 +17,13 @@ Algorithm (https://arxiv.org/abs/2211.17192), per request, for draft tokens d_1.
     the last target position, so top-k/top-p/penalties apply to it as usual).
 The emitted tokens are then distributed exactly as p at every position.
 
-Deliberate difference from vLLM 0.11's Triton path: a request is greedy when its
-temperature is below the Sampler's epsilon (``InputBatch`` stores 0.0 for greedy requests),
-whereas the Triton kernels compare against -1 and so treat greedy requests in a mixed
-greedy/random batch as random with temperature 0.
+Deliberate differences from vLLM 0.11's Triton path:
+  * a request is greedy when its temperature is below the Sampler's epsilon
+    (``InputBatch`` stores 0.0 for greedy requests), whereas the Triton kernels compare
+    against -1 and so treat greedy requests in a mixed greedy/random batch as random with
+    temperature 0 (division by zero);
+  * the acceptance draws are float32 (no fp64 on Intel Arc), with ``p(d) > 0`` required;
+  * target probabilities are computed in float32 from a copy of the logits.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from vllm.v1.sample.rejection_sampler import (
     MAX_SPEC_LEN,
     PLACEHOLDER_TOKEN_ID,
     RejectionSampler,
-    generate_uniform_probs,
 )
 from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 
@@ -142,18 +144,18 @@ def rejection_sample(
     else:
         target_probs = target_probs_from_logits(
             target_logits, token_req_idx, is_greedy, sampling_metadata)
-        # The uniform draws per token and the exponential race per request follow
-        # vLLM's RNG use, so per-request seeded generators stay reproducible.
-        uniform = generate_uniform_probs(num_tokens, num_draft_tokens,
-                                         sampling_metadata.generators, device)
+        uniform = uniform_per_token(num_tokens, num_draft_tokens,
+                                    sampling_metadata.generators, device)
         p_draft = target_probs.gather(1, draft_ids.unsqueeze(1)).squeeze(1)
         if draft_probs is None:
-            accepted_random = p_draft.to(torch.float64) >= uniform
+            ratio = p_draft
         else:
             q_draft = draft_probs.gather(1, draft_ids.unsqueeze(1)).squeeze(1)
             # A zero draft probability would divide by zero: reject, as vLLM does.
-            accepted_random = (q_draft > 0) & (
-                (p_draft / q_draft).to(torch.float64) >= uniform)
+            ratio = torch.where(q_draft > 0, p_draft / q_draft, 0.0)
+        # p > 0 also rejects a token the target rules out (e.g. outside its top-k) when
+        # the uniform draw is exactly 0.0 (vLLM draws float64 to make that rarer).
+        accepted_random = (p_draft > 0) & (ratio >= uniform)
         recovered = sample_recovered_tokens(num_draft_tokens, draft_ids, token_req_idx,
                                             draft_probs, target_probs,
                                             sampling_metadata.generators)
@@ -187,6 +189,25 @@ def rejection_sample(
     output = torch.where(at_stop & all_accepted, bonus, output)
     # int32, consistent with SamplerOutput.sampled_token_ids.
     return output.to(torch.int32)
+
+
+def uniform_per_token(num_tokens: int, num_draft_tokens: list[int],
+                      generators: dict[int, torch.Generator],
+                      device: torch.device) -> torch.Tensor:
+    """[num_tokens] float32 U[0, 1) draws; requests with their own seeded generator draw
+    from it, and requests without drafts consume nothing (as vLLM's
+    ``generate_uniform_probs``). float32, not vLLM's float64: Intel Arc GPUs have no
+    native fp64, and ``p > 0`` in the acceptance test covers the exact-zero draw."""
+    uniform = torch.rand(num_tokens, dtype=torch.float32, device=device)
+    start = 0
+    for req_idx, n in enumerate(num_draft_tokens):
+        if n == 0:
+            continue
+        generator = generators.get(req_idx)
+        if generator is not None:
+            uniform[start:start + n].uniform_(generator=generator)
+        start += n
+    return uniform
 
 
 def sample_recovered_tokens(
