@@ -33,6 +33,9 @@ TIE_MARGIN = 0.02  # float32 both sides: only genuine near-ties may flip a greed
 LOGPROB_TOL = 5e-3
 NUM_LOGPROBS = 5
 TEXT_PROMPT = "User: What is the capital of France?\nAssistant:"
+# Tiny models need a few MB of KV cache; the CPU-mode default (4 GiB) would stay allocated
+# per engine in this process (in-process engine core).
+KV_CACHE_BYTES = 64 << 20
 
 
 def _hf(arch: str, **overrides) -> Callable[[], tuple[Path, Path]]:
@@ -137,7 +140,7 @@ def arch_run(request) -> ArchRun:
     model_dir, ref_dir = case.build()
     vocab = AutoConfig.from_pretrained(ref_dir).vocab_size
     kwargs = dict(model=str(model_dir), dtype="float32", max_model_len=512, max_num_seqs=8,
-                  seed=0, enable_prefix_caching=False)
+                  seed=0, enable_prefix_caching=False, kv_cache_memory_bytes=KV_CACHE_BYTES)
     if name.startswith("baichuan"):
         # The documented workaround for the Hub tokenizer (test_baichuan_hub_tokenizer_...).
         from tests.fixtures.remote_code_models import build_llama_tokenizer_for
