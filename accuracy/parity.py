@@ -141,7 +141,7 @@ def _common_prefix_fraction(a: str, b: str) -> float:
 
 def loglik_deltas(vllm_samples: list[dict], hf_samples: list[dict], atol: float,
                   rtol: float) -> tuple[float, int, int]:  # fmt: skip
-    """(max |Δll|, number of choices outside tolerance, number of choices compared)."""
+    """(max abs(Δll), number of choices outside tolerance, number of choices compared)."""
     v, h = _by_doc(vllm_samples), _by_doc(hf_samples)
     if set(v) != set(h):
         raise AssertionError(f"different documents: vllm {sorted(v)[:5]}…, hf {sorted(h)[:5]}…")
@@ -187,8 +187,8 @@ def compare(cfg: AccuracyConfig, run: EngineRun, ref: Reference) -> list[CheckRo
             worst, outside, count = loglik_deltas(vs, hs, p.loglik_atol, p.loglik_rtol)
             rows.append(CheckRow(
                 cfg.name, variant, label, "per-choice loglik vs hf",
-                f"|Δ| ≤ {p.loglik_atol:g}+{p.loglik_rtol:g}·|ll|",
-                f"max |Δ| {worst:.4f}; {outside}/{count} outside", "", outside == 0))  # fmt: skip
+                f"abs(Δ) ≤ {p.loglik_atol:g} + {p.loglik_rtol:g}·abs(ll)",
+                f"max abs(Δ) {worst:.4f}; {outside}/{count} outside", "", outside == 0))  # fmt: skip
             av, n = _mean_metric(vs, "acc")
             ah, _ = _mean_metric(hs, "acc")
             rows.append(CheckRow(
