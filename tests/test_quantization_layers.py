@@ -310,7 +310,8 @@ def test_packed_checkpoint_tensors_are_released(tp1, fmt, sym):
     out_f, in_f = ref_w.shape
     assert held["weight"] == out_f * in_f // 2
     groups = in_f // 64
-    assert held["scales"] == out_f * groups * 4  # IPEX's CPU kernel keeps fp32 scales
-    # symmetric GPTQ: zero 8 is implicit in the CPU kernel, no zero-point copy
-    assert held["zeros"] == (0 if (fmt, sym) == ("gptq", True) else out_f * groups * 4)
+    # IPEX's CPU kernel keeps scales (and zero points) in fp32 + fp16 + bf16: 8 bytes each
+    assert held["scales"] == out_f * groups * 8
+    # symmetric GPTQ: zero 8 is implicit in the CPU kernel, no zero-point copies
+    assert held["zeros"] == (0 if (fmt, sym) == ("gptq", True) else out_f * groups * 8)
     _check(layer, ref_w, ref_b, torch.float32)
