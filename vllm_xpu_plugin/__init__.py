@@ -41,8 +41,22 @@ def _command_line_requests_xpu() -> bool:
     return False
 
 
+def _fail_if_no_platform() -> None:
+    """No Intel GPU, CPU mode off and no other vLLM platform: one line instead of vLLM's
+    "Failed to infer device type" traceback a moment later (issue 8)."""
+    from vllm_xpu_plugin import startup_checks
+
+    problem = startup_checks.no_platform_problem()
+    if problem:
+        from vllm_xpu_plugin.platform import PluginConfigError
+
+        startup_checks.install_cli_error_formatter()
+        raise PluginConfigError(problem)
+
+
 def register_ops() -> None:
     """Register custom ops (``register_oot``) and quantization configs. Idempotent."""
+    _fail_if_no_platform()
     from vllm_xpu_plugin.ops import register_all_ops
 
     register_all_ops()

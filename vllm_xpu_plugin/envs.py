@@ -2,7 +2,8 @@
 
 import os
 
-__all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "cpu_mode"]  # noqa: F822 (module __getattr__)
+__all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: F822
+           "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode"]  # noqa: F822 (module __getattr__)
 
 
 def _device() -> str:
@@ -31,6 +32,11 @@ def __getattr__(name: str):
         return _device()
     if name == "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB":
         return _cpu_kvcache_gb()
+    if name == "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME":
+        # TEST-ONLY: the device name the platform reports (e.g. "Intel(R) Arc(TM) A770
+        # Graphics") so per-model startup checks can be tested without that GPU. It
+        # changes nothing but the reported name; never set it in production.
+        return os.environ.get("VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "").strip()
     raise AttributeError(name)
 
 

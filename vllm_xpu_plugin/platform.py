@@ -15,7 +15,7 @@ import torch
 from vllm.logger import init_logger
 from vllm.platforms.interface import Platform, PlatformEnum, _Backend
 
-from vllm_xpu_plugin import device, envs
+from vllm_xpu_plugin import device, envs, startup_checks
 
 if TYPE_CHECKING:
     from vllm.config import ModelConfig, VllmConfig
@@ -64,7 +64,7 @@ def startup_problem() -> Optional[str]:
                 "or leave it unset to use an Intel GPU")
     if mode != "cpu" and not device.xpu_usable():
         return _no_xpu_message().replace("--device xpu: ", "")
-    return None
+    return startup_checks.ipex_torch_version_problem()
 
 
 class _DeviceAction(argparse.Action):
@@ -96,6 +96,9 @@ class XPUPluginPlatform(Platform):
     @classmethod
     def pre_register_and_update(cls, parser: Optional[FlexibleArgumentParser] = None) -> None:
         if parser is not None:
+            # Command line: errors found later while vLLM builds the config (in
+            # check_and_update_config) print as one line, not a traceback.
+            startup_checks.install_cli_error_formatter()
             if not any("--device" in a.option_strings for a in parser._actions):
                 parser.add_argument(
                     "--device",
@@ -143,6 +146,14 @@ class XPUPluginPlatform(Platform):
             if model_config.use_mla:
                 raise PluginConfigError(
                     f"{model_config.model}: MLA attention is not supported by vllm-xpu-plugin")
+            # Checked here, in the API-server process, so a bad model/dtype fails in one
+            # line before any engine-core or worker process starts (issue 8).
+            problem = (startup_checks.dtype_problem(model_config.dtype, cls.get_device_name())
+                       or startup_checks.head_size_problem(model_config.get_head_size(),
+                                                           device.attention_head_sizes(),
+                                                           device.device_type()))
+            if problem:
+                raise PluginConfigError(problem)
 
         # Eager execution: no CUDA graphs (none on XPU) and no torch.compile, so the
         # custom ops run as written (IPEX kernels via forward_oot).
@@ -180,14 +191,9 @@ class XPUPluginPlatform(Platform):
 
     @classmethod
     def check_if_supports_dtype(cls, torch_dtype: torch.dtype) -> None:
-        if torch_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise PluginConfigError(
-                f"dtype {torch_dtype} is not supported; use --dtype bfloat16, float16 or float32")
-        if torch_dtype == torch.bfloat16 and not device.is_cpu_mode():
-            name = cls.get_device_name().lower()
-            if "a770" in name:
-                raise PluginConfigError(
-                    "Intel Arc A770 has a known bfloat16 accuracy issue: pass --dtype float16")
+        problem = startup_checks.dtype_problem(torch_dtype, cls.get_device_name())
+        if problem:
+            raise PluginConfigError(problem)
 
     @classmethod
     def verify_quantization(cls, quant: str) -> None:
@@ -259,7 +265,9 @@ class XPUPluginPlatform(Platform):
     @classmethod
     def get_device_communicator_cls(cls) -> str:
         if device.is_cpu_mode():
-            return "vllm.distributed.device_communicators.cpu_communicator.CpuCommunicator"
+            # torch.distributed over gloo, never vllm._C's shared-memory ops.
+            return "vllm_xpu_plugin.distributed.gloo_communicator.GlooCommunicator"
+        # XPU-only: torch.distributed over xccl/oneCCL (the platform's dist_backend).
         return "vllm.distributed.device_communicators.xpu_communicator.XpuCommunicator"
 
     @classmethod
