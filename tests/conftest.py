@@ -66,3 +66,15 @@ def tiny_llama_dir() -> Path:
     from tests.fixtures.tiny_models import build_tiny_model
 
     return build_tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def small_kv_server(tiny_llama_dir):
+    """`vllm serve` (tiny Llama, CPU mode, 127.0.0.1) with a 64-block KV cache so load makes
+    the scheduler preempt; shared by tests/test_soak.py and tests/test_bad_input.py (issue 8).
+    Stopped (its whole process group) at the end of the session."""
+    from benchmarks.server_process import ServerProcess
+    from benchmarks.soak import SOAK_SERVER_ARGS
+
+    with ServerProcess(tiny_llama_dir, SOAK_SERVER_ARGS) as server:
+        yield server
