@@ -73,3 +73,15 @@ def test_bad_request_gets_4xx_and_server_keeps_serving(small_kv_server, case):
     assert message, data
     assert small_kv_server.health() == 200
     _normal_request_works(small_kv_server)
+
+
+def test_non_finite_sampling_params_are_named():
+    from vllm import SamplingParams
+
+    from vllm_xpu_plugin.request_checks import sampling_params_problem
+
+    assert sampling_params_problem(SamplingParams(temperature=0.7, top_p=0.9)) is None
+    assert "temperature" in sampling_params_problem(SamplingParams(temperature=NAN))
+    assert "top_p" in sampling_params_problem(SamplingParams(top_p=NAN))
+    assert "logit_bias" in sampling_params_problem(
+        SamplingParams(logit_bias={3: float("inf")}))

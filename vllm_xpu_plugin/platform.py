@@ -202,6 +202,15 @@ class XPUPluginPlatform(Platform):
                 f"--quantization {quant} is not supported by vllm-xpu-plugin; supported: "
                 f"{', '.join(cls.supported_quantization)}")
 
+    @classmethod
+    def validate_request(cls, prompt, params, processed_inputs) -> None:
+        # Non-finite sampling parameters (NaN temperature) get a 400, not garbage (issue 8).
+        from vllm_xpu_plugin.request_checks import sampling_params_problem
+
+        problem = sampling_params_problem(params)
+        if problem:
+            raise ValueError(problem)
+
     # ------------------------------------------------------------------ attention
 
     @classmethod
