@@ -230,9 +230,8 @@ def test_text_prompt_is_tokenized_like_the_reference(arch_run):
     assert run.text_prompt_ids == _reference_text_ids(run.name, run.model_dir)
 
 
-def _first_tokens(model_dir, prompts):
-    return [g.output_ids for g in hf_greedy(model_dir, prompts, MAX_NEW_TOKENS,
-                                            ignore_eos=True)]
+def _first_tokens(model_dir, prompts, n: int = 8):
+    return [g.output_ids for g in hf_greedy(model_dir, prompts, n, ignore_eos=True)]
 
 
 def test_mistral_sliding_window_changes_the_reference():
