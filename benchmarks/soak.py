@@ -67,8 +67,8 @@ class SoakResult:
                 and all(self.finish_reasons.get(i) in ("stop", "length") for i in range(n)))
 
 
-def build_requests(count: int, vocab_size: int, seed: int = 0,
-                   model: str = "model", cancel_fraction: float = 0.1) -> list[SoakRequest]:
+def build_requests(count: int, vocab_size: int, seed: int = 0, model: str = "model",
+                   cancel_fraction: float = 0.1, greedy_only: bool = False) -> list[SoakRequest]:
     """A reproducible mix of requests (prompts are token ids, so any tokenizer works)."""
     rng = random.Random(seed)
     out = []
@@ -80,6 +80,8 @@ def build_requests(count: int, vocab_size: int, seed: int = 0,
         roll = rng.random()
         cancel = None
         greedy = False
+        if greedy_only:
+            roll = 1.0 if roll >= cancel_fraction else roll
         if roll < cancel_fraction:
             # Long enough to still be running when the client goes away.
             body.update(stream=True, max_tokens=rng.randint(64, 128),
@@ -295,6 +297,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of the server")
     ap.add_argument("--rss-bound", type=float, default=0.25,
                     help="allowed RSS growth over the warmed-up server (fraction)")
+    ap.add_argument("--cancel-fraction", type=float, default=0.1)
+    ap.add_argument("--greedy-only", action="store_true",
+                    help="no sampled / n>1 requests (to bisect a mismatch)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra vllm serve argument, e.g. --server-arg=--no-enable-prefix-caching")
     ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args(argv)
 
@@ -302,11 +309,13 @@ def main(argv=None) -> int:
 
     model = _resolve_model(args.model)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    requests = build_requests(args.requests, vocab, seed=args.seed)
+    requests = build_requests(args.requests, vocab, seed=args.seed,
+                              cancel_fraction=args.cancel_fraction,
+                              greedy_only=args.greedy_only)
     env = {"OMP_NUM_THREADS": str(args.threads)}
     print(f"soak: {args.requests} requests at concurrency {args.concurrency} on {model}",
           flush=True)
-    with ServerProcess(model, SOAK_SERVER_ARGS, env=env) as server:
+    with ServerProcess(model, [*SOAK_SERVER_ARGS, *args.server_arg], env=env) as server:
         print(f"server {server.url} (log {server.log_path})", flush=True)
         summary = run_soak(server, requests, args.concurrency, args.rss_bound)
     summary["model"] = str(model)
