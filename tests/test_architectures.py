@@ -273,3 +273,40 @@ def test_baichuan_hub_tokenizer_fails_with_the_seed_error():
     model_dir, _ = build_tiny_baichuan()
     with pytest.raises(AttributeError, match="^BaiChuanTokenizer has no attribute vocab_size$"):
         get_tokenizer(str(model_dir), trust_remote_code=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["baichuan-gptq", "chatglm3-gptq"])
+def test_seed_failures_serve_through_the_openai_api(name):
+    """The seed's two failing checkpoints (GPTQ Baichuan-7B, GPTQ chatglm3-6b) start under
+    ``vllm serve`` and answer /v1/completions like their reference on the same prompt ids."""
+    from openai import OpenAI
+
+    from tests.fixtures.server import serve
+
+    model_dir, ref_dir = CASES[name].build()
+    args = ["--dtype", "float32", "--max-model-len", "512", "--seed", "0",
+            "--kv-cache-memory-bytes", str(KV_CACHE_BYTES)]
+    if name.startswith("baichuan"):
+        from tests.fixtures.remote_code_models import build_llama_tokenizer_for
+
+        args += ["--trust-remote-code", "--tokenizer-mode", "slow",
+                 "--tokenizer", str(build_llama_tokenizer_for(model_dir))]
+    with serve(str(model_dir), *args) as (base, _):
+        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+        resp = client.completions.create(
+            model=str(model_dir), prompt=TEXT_PROMPT, max_tokens=MAX_NEW_TOKENS,
+            temperature=0.0, logprobs=NUM_LOGPROBS,
+            extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True,
+                        "return_token_ids": True})
+    choice = resp.choices[0]
+    assert choice.prompt_token_ids == _reference_text_ids(name, model_dir)
+    got = [int(t[len("token_id:"):]) for t in choice.logprobs.tokens]
+    assert got == choice.token_ids
+    ref = hf_greedy(ref_dir, [choice.prompt_token_ids], MAX_NEW_TOKENS, ignore_eos=True,
+                    num_logprobs=NUM_LOGPROBS)
+    assert_greedy_close(ref, [got], tie_margin=TIE_MARGIN)
+    for step, (hf_tok, tok) in enumerate(zip(ref[0].output_ids, got, strict=True)):
+        if hf_tok != tok:
+            break
+        assert abs(choice.logprobs.token_logprobs[step] - ref[0].logprobs[step]) < LOGPROB_TOL

@@ -22,13 +22,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from contextlib import contextmanager
 
 import pytest
@@ -41,7 +34,6 @@ TIE_MARGIN = 0.02
 LOGPROB_TOL = 5e-3
 NUM_LOGPROBS = 5
 QUESTION = "What is in the image?"
-STARTUP_TIMEOUT_S = 900
 SDPA_LOG_LINE = "MultiHeadAttention attn_backend: _Backend.TORCH_SDPA"
 
 
@@ -72,56 +64,15 @@ def _data_url(img) -> tuple[str, bytes]:
 # ----------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _serve(model: str, *args: str):
-    """``vllm serve`` on 127.0.0.1 until the block exits (always stopped); yields
-    (base url, log file path)."""
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="vllm-serve-mm-", suffix=".log", delete=False)
-    device_flag = "cpu" if os.environ.get("VLLM_XPU_PLUGIN_DEVICE") == "cpu" else "xpu"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
-           "--host", "127.0.0.1", "--port", str(port), "--device", device_flag,
-           "--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", "4",
-           "--seed", "0", "--limit-mm-per-prompt", json.dumps({"image": 1}),
-           "--kv-cache-memory-bytes", str(64 << 20), *args]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n"
-                                   + _tail(log.name))
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("vllm serve did not become healthy:\n" + _tail(log.name))
-            time.sleep(2)
-        yield base, log.name
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        os.unlink(log.name)
+    from tests.fixtures.server import serve
 
-
-def _tail(path: str, n: int = 80) -> str:
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-n:])
+    with serve(model, "--dtype", "float32", "--max-model-len", "1024",
+               "--max-num-seqs", "4", "--seed", "0",
+               "--limit-mm-per-prompt", json.dumps({"image": 1}),
+               "--kv-cache-memory-bytes", str(64 << 20), *args) as (base, log):
+        yield base, log
 
 
 def _chat_with_image(base: str, model: str, data_url: str) -> dict:
