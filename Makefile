@@ -34,6 +34,7 @@ help:
 	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
 	@echo "make test       lint + the default test suite (CPU mode, tests not marked slow)"
 	@echo "make test-slow  the long suites (pytest -m slow)"
+	@echo "make accuracy   the lm-eval CPU accuracy tier (docs/accuracy.md; report in $(CACHE)/accuracy)"
 	@echo "make lint       ruff check ."
 	@echo "make smoke-serve  start the server, check it answers the France question, stop it"
 	@echo "make models     build SmolLM2-135M-Instruct into $(MODEL_DIR)"
@@ -82,11 +83,16 @@ test-xpu: install
 # Entry points of the accuracy/ and benchmarks/ suites (owned there; arguments may change).
 ACCURACY_ARGS ?=
 ACCURACY_XPU_ARGS ?= --device xpu --models accuracy/models-xpu.txt
+# CPU tier (docs/accuracy.md): SmolLM2 bf16 + fp32 x block sizes 16/32/64 vs lm-eval's hf
+# backend; prints the Markdown report and keeps a copy in $(CACHE)/accuracy/.
 accuracy: install models
-	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m accuracy.run $(ACCURACY_ARGS)
+	$(PY) -m accuracy.prepare_data
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m accuracy.run --report $(CACHE)/accuracy/report-cpu.md \
+		$(ACCURACY_ARGS)
 
 accuracy-xpu: install
-	$(PY) -m accuracy.run $(ACCURACY_XPU_ARGS)
+	$(PY) -m accuracy.prepare_data
+	$(PY) -m accuracy.run --report $(CACHE)/accuracy/report-xpu.md $(ACCURACY_XPU_ARGS)
 
 soak: install models
 	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak
