@@ -76,5 +76,7 @@ def small_kv_server(tiny_llama_dir):
     from benchmarks.server_process import ServerProcess
     from benchmarks.soak import SOAK_SERVER_ARGS
 
-    with ServerProcess(tiny_llama_dir, SOAK_SERVER_ARGS) as server:
+    # Prefix caching off: with it on, greedy results under load differ from the same request
+    # alone (open bug, docs/reliability.md; tests/test_soak.py has the xfail case).
+    with ServerProcess(tiny_llama_dir, [*SOAK_SERVER_ARGS, "--no-enable-prefix-caching"]) as server:
         yield server

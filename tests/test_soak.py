@@ -2,6 +2,9 @@
 concurrency 64 against a server whose KV cache is too small for them (it must preempt),
 ~10 % cancelled mid-stream. Nothing may be lost: every other request completes, every
 greedy one equals the same request sent alone, and the server ends idle and healthy.
+
+The shared server (``small_kv_server``) runs with prefix caching off; the prefix-caching
+case is an open bug (docs/reliability.md), kept as a strict xfail in the slow suite.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import json
 
 import pytest
 
-from benchmarks.soak import build_requests, format_summary, run_soak
+from benchmarks.server_process import ServerProcess
+from benchmarks.soak import SOAK_SERVER_ARGS, build_requests, format_summary, run_soak
 
 
 def test_build_requests_mix():
@@ -53,3 +57,13 @@ def test_full_soak(small_kv_server, tiny_llama_dir):
     s = _run(small_kv_server, tiny_llama_dir, count=500, concurrency=64, seed=2)
     _assert_nothing_lost(s)
     assert s["preemptions"] > 0, s
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open bug: with prefix caching on (vLLM's default), "
+                   "greedy results under load differ from the same request alone; "
+                   "docs/reliability.md")
+def test_short_soak_with_prefix_caching(tiny_llama_dir):
+    with ServerProcess(tiny_llama_dir, SOAK_SERVER_ARGS) as server:
+        s = _run(server, tiny_llama_dir, count=80, concurrency=64, seed=0)
+    _assert_nothing_lost(s)
