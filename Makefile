@@ -28,7 +28,7 @@ STAMP := $(VENV)/.vllm-xpu-plugin-installed
 export VLLM_XPU_PLUGIN_CACHE := $(CACHE)
 
 .PHONY: help venv install models serve lint test test-slow test-xpu accuracy accuracy-xpu \
-	soak bench bench-kernels bench-step smoke-serve clean-venv
+	soak bench bench-kernels bench-step bench-spec-decode smoke-serve clean-venv
 
 help:
 	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
@@ -113,6 +113,12 @@ bench-step: install models
 bench-kernels: install
 	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels \
 		--threads $(BENCH_THREADS) $(BENCH_ARGS)
+
+# ngram speculative decoding: tokens/s and mean acceptance length with vs without
+# (docs/speculative_decoding.md).
+bench-spec-decode: install models
+	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.spec_decode \
+		--model $(MODEL_DIR) --device cpu $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
