@@ -237,3 +237,10 @@ def test_docs_relative_links_resolve():
             if not (page.parent / link).exists():
                 missing.append(f"{page.name} -> {link}")
     assert not missing, f"broken links in docs/: {missing}"
+
+
+def test_docs_index_links_every_page():
+    index = (ROOT / "docs" / "README.md").read_text()
+    linked = set(DOC_LINK.findall(index))
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    assert not pages - linked, f"docs/README.md does not link: {sorted(pages - linked)}"
