@@ -391,8 +391,9 @@ def cpu_pack_linear_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     )
 
     holder = torch.nn.Linear(in_features, out_features, bias=False, device="meta")
-    holder.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
-    Apply_TPPLinear_weight_prepack(holder, dtype=weight.dtype)  # IPEX's own blocking
+    # IPEX's own blocking; it overwrites the tensor it is given, hence the copy.
+    holder.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+    Apply_TPPLinear_weight_prepack(holder, dtype=weight.dtype)
     if holder.tpp_fallback:
         return None
     return holder.weight.detach()

@@ -11,6 +11,11 @@ from __future__ import annotations
 import torch
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
+from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    UnquantizedEmbeddingMethod,
+)
 from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -67,6 +72,11 @@ class XPUPluginModelRunner(GPUModelRunner):
                 self._pending_grammar_step, self.input_batch, logits)
         return super()._sample(logits, spec_decode_metadata)
 
+    def load_model(self, *args, **kwargs) -> None:
+        super().load_model(*args, **kwargs)
+        if device.is_cpu_mode():
+            _prepack_cpu_gemm_weights(self.model)
+
     def get_dp_padding(self, num_tokens: int):
         # No CUDA graphs, so data-parallel ranks need no common padded size.
         return 0, None
@@ -78,6 +88,7 @@ class XPUPluginModelRunner(GPUModelRunner):
             self._alias_device_buffers_to_host()
 
     # ------------------------------------------------------------------ CPU mode
+    # (see also _prepack_cpu_gemm_weights below)
 
     def _alias_device_buffers_to_host(self) -> None:
         """In CPU mode the "device" is the host: let each host/device buffer pair share one
@@ -97,3 +108,56 @@ class XPUPluginModelRunner(GPUModelRunner):
                     setattr(batch, device_name, value)
         for block_table in batch.block_table.block_tables:
             alias(block_table)
+
+
+# ---------------------------------------------------------------------- CPU-mode GEMMs
+
+
+class _PackedLinearMethod(UnquantizedLinearMethod):
+    """vLLM's unquantized linear with the weight also blocked for IPEX's CPU GEMM
+    (device.cpu_linear); the plain weight stays for large batches and for readers."""
+
+    def __init__(self, packed_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.packed_weight = packed_weight
+
+    def apply(self, layer, x, bias=None):
+        return device.cpu_linear(x, layer.weight, bias, self.packed_weight)
+
+
+class _PackedLMHeadMethod(UnquantizedEmbeddingMethod):
+    """The LM head's logits GEMM on the blocked weight; the embedding lookup of a tied
+    embedding still reads the plain weight."""
+
+    def __init__(self, packed_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.packed_weight = packed_weight
+
+    def apply(self, layer, x, bias=None):
+        return device.cpu_linear(x, layer.weight, bias, self.packed_weight)
+
+
+def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
+    """Give every unquantized linear layer and LM head a weight blocked for IPEX's CPU
+    GEMM (CPU mode). Decode-step GEMMs of SmolLM2-135M bf16 at 16 sequences: 2.7x faster
+    (benchmarks/, measured A/B). Costs one extra copy of those weights in host memory."""
+    packed = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        weight = getattr(module, "weight", None)
+        if type(method) not in (UnquantizedLinearMethod, UnquantizedEmbeddingMethod):
+            continue
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if type(method) is UnquantizedEmbeddingMethod and not isinstance(module, ParallelLMHead):
+            continue  # an input embedding: a lookup, no GEMM
+        blocked = device.cpu_pack_linear_weight(weight)
+        if blocked is None:
+            continue
+        if type(method) is UnquantizedLinearMethod:
+            module.quant_method = _PackedLinearMethod(blocked)
+        else:
+            module.quant_method = _PackedLMHeadMethod(blocked)
+        packed += 1
+    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM for <= %d tokens",
+                packed, device.CPU_PACKED_GEMM_MAX_ROWS)
