@@ -99,6 +99,19 @@ class PagedAttentionSetup:
         return self.impl.forward(None, self.query, self.key, self.value, self.kv_cache,
                                  self.metadata, output=self.output)
 
+    def single_query(self) -> torch.Tensor:
+        """IPEX's CPU decode kernel (one query per sequence), KV write included."""
+        paged = self.device.ipex().llm.modules.PagedAttention
+        key_cache, value_cache = self.kv_cache.unbind(0)
+        self.device.write_kv_cache(self.key, self.value, key_cache, value_cache,
+                                   self.metadata.slot_mapping)
+        head_mapping = torch.arange(self.hkv, dtype=torch.int32).repeat_interleave(
+            self.hq // self.hkv)
+        paged.single_query_cached_kv_attention(
+            self.output, self.query, key_cache, value_cache, head_mapping, self.scale,
+            self.block_table, self.metadata.seq_lens, self.bs, max(self.seq_lens), None)
+        return self.output
+
     def _pages(self, i: int, cache: torch.Tensor) -> torch.Tensor:
         """Sequence i's cached K or V as [kv_heads, seq_len, head_size]."""
         nb = -(-self.seq_lens[i] // self.bs)
@@ -184,6 +197,13 @@ def attention_cases(args, dtype) -> list[Case]:
                       f"{args.heads}/{args.kv_heads}x{args.head_size}",
                       decode.plugin, decode.reference, decode.check, decode.bytes(),
                       decode.flops()))
+    if decode.device.is_cpu_mode():
+        # Not the backend's path (it uses the varlen kernel for every batch): IPEX's
+        # single-query decode kernel on the same batch, to show what it would give.
+        cases.append(Case("attn decode, IPEX single-query kernel (alt.)", cases[0].shape,
+                          decode.single_query, decode.reference,
+                          lambda: _max_err(decode.single_query().clone(), decode.reference()),
+                          decode.bytes(), decode.flops()))
     # A chunked-prefill step as the scheduler builds it: one prompt's next chunk on top of
     # the chunks already cached, batched with the running decodes.
     n_dec = args.batch - 1

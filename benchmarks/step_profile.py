@@ -44,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--stream-mib", type=int, default=512)
+    ap.add_argument("--ab-prepack", action="store_true",
+                    help="also run with the CPU-mode prepacked GEMMs switched off, "
+                         "interleaved with the default, on the same engine")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="runs per (variant, batch), interleaved (default 1; 2 with --ab-prepack)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     args = ap.parse_args(argv)
@@ -149,19 +154,29 @@ def main(argv=None) -> int:
     llm.generate(prompts(max(args.batches)), SamplingParams(max_tokens=4, ignore_eos=True),
                  use_tqdm=False)  # warm-up
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
-    runs = {}
-    for batch in args.batches:
-        llm.collective_rpc("reset_step_records")
-        t0 = time.perf_counter()
-        llm.generate(prompts(batch), params, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        summary = summarize(llm.collective_rpc("get_step_records")[0], batch)
-        summary["wall_tok_s"] = batch * args.output_len / wall
-        runs[batch] = summary
-        print(f"batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, forward "
-              f"{summary['forward'] * 1e3:.1f} ms", flush=True)
+    packed_layers = llm.collective_rpc("set_prepacked_gemms", args=(True,))[0]
+    variants = ["prepacked", "plain"] if args.ab_prepack and packed_layers else ["default"]
+    rounds = args.rounds or (2 if len(variants) > 1 else 1)
+    per_round: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(rounds):
+        for variant in variants:
+            llm.collective_rpc("set_prepacked_gemms", args=(variant != "plain",))
+            for batch in args.batches:
+                llm.collective_rpc("reset_step_records")
+                t0 = time.perf_counter()
+                llm.generate(prompts(batch), params, use_tqdm=False)
+                wall = time.perf_counter() - t0
+                summary = summarize(llm.collective_rpc("get_step_records")[0], batch)
+                summary["wall_tok_s"] = batch * args.output_len / wall
+                per_round.setdefault((variant, batch), []).append(summary)
+                print(f"{variant} batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, "
+                      f"forward {summary['forward'] * 1e3:.1f} ms", flush=True)
+    llm.collective_rpc("set_prepacked_gemms", args=(True,))
+    runs = {key: {k: _median([r[k] for r in rs]) for k in rs[0]}
+            for key, rs in per_round.items()}
     weights = llm.collective_rpc("weight_shapes")[0]
     del llm
+    print(f"CPU-mode prepacked GEMMs: {packed_layers} layers")
 
     # Ceilings, measured now (the engine is idle).
     rounds = 2 if args.quick else 3
@@ -169,22 +184,24 @@ def main(argv=None) -> int:
     _, _, _, shapes = model_costs(weights, config, 1, 1)
     rates = gemm_rates(shapes, dtype, tokens=128 if args.quick else 1024, rounds=rounds)
 
-    rows, results = [], {}
+    rows, results, alone_cache = [], {}, {}
     context = args.input_len + args.output_len / 2
-    for batch, s in runs.items():
+    for (variant, batch), s in runs.items():
         wbytes, lin_flops, attn_flops, shapes = model_costs(weights, config, batch, context)
         t_bw = wbytes / bandwidth
         t_compute = sum(2 * batch * k * n / rates[(k, n)] for k, n in shapes)
         t_compute += attn_flops / statistics.fmean(rates.values())
         floor = max(t_bw, t_compute)
-        alone = gemms_alone(shapes, dtype, batch, rounds)
+        if batch not in alone_cache:
+            alone_cache[batch] = gemms_alone(shapes, dtype, batch, rounds)
+        alone = alone_cache[batch]
         r = dict(**s, weight_bytes=wbytes, linear_flops=lin_flops, attn_flops=attn_flops,
                  floor_bandwidth=t_bw, floor_compute=t_compute, floor=floor,
                  gemms_alone=alone, step_over_floor=s["step"] / floor,
                  forward_over_floor=s["forward"] / floor)
-        results[batch] = r
+        results[f"{variant}/{batch}" if len(variants) > 1 else str(batch)] = r
         ms = 1e3
-        rows.append([batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
+        rows.append([variant, batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
                      100 * s["host_overhead"] / s["step"], s["runner_other"] * ms,
                      s["sample"] * ms, s["outside_runner"] * ms, floor * ms, alone * ms,
                      r["step_over_floor"], batch / s["step"]])
@@ -192,13 +209,20 @@ def main(argv=None) -> int:
           f"model's shapes: {min(rates.values()) / 1e12:.2f}-{max(rates.values()) / 1e12:.2f}"
           " TFLOP/s")
     print(_common.format_table(
-        ["batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
+        ["variant", "batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
          "outside", "floor ms", "GEMMs", "step/floor", "tok/s"], rows))
+    if len(variants) > 1:
+        for batch in args.batches:
+            a, b = runs[("prepacked", batch)], runs[("plain", batch)]
+            print(f"batch {batch}: prepacked GEMMs make the decode step {b['step'] / a['step']:.2f}x"
+                  f" faster (forward {b['forward'] / a['forward']:.2f}x) than torch's F.linear")
     print("host ovh = step - forward = prep+bk (runner: inputs, bookkeeping) + sample + "
           "outside (scheduler, output processing, messaging). floor = max(weight bytes / "
           "bandwidth, FLOPs / GEMM FLOP/s); GEMMs = the model's GEMMs alone at that batch.")
-    target_batch = 16 if 16 in results else max(results)
-    ratio = results[target_batch]["step_over_floor"]
+    target_batch = 16 if 16 in args.batches else max(args.batches)
+    product = variants[0]
+    ratio = next(r for (v, b), r in zip(runs, results.values(), strict=True)
+                 if v == product and b == target_batch)["step_over_floor"]
     print(f"target: decode step at batch {target_batch} <= {TARGET_STEP_OVER_FLOOR}x floor: "
           f"{ratio:.2f}x -> {_common.verdict(ratio <= TARGET_STEP_OVER_FLOOR)}")
     out = args.json or _common.RESULTS_DIR / (

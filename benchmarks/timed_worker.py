@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import time
 
+from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
 from vllm_xpu_plugin import device
-from vllm_xpu_plugin.worker.model_runner import XPUPluginModelRunner
+from vllm_xpu_plugin.worker.model_runner import (
+    XPUPluginModelRunner,
+    _PackedLinearMethod,
+    _PackedLMHeadMethod,
+)
 from vllm_xpu_plugin.worker.xpu_worker import XPUPluginWorker
 
 
@@ -58,7 +65,21 @@ class TimedModelRunner(XPUPluginModelRunner):
 
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
+        # The product's prepacked GEMM methods (CPU mode) and the plain ones they replaced,
+        # so that a benchmark can switch between them on the same engine (A/B).
+        self._gemm_methods = []
+        for module in self.model.modules():
+            method = getattr(module, "quant_method", None)
+            if isinstance(method, (_PackedLinearMethod, _PackedLMHeadMethod)):
+                plain = (UnquantizedLinearMethod() if isinstance(method, _PackedLinearMethod)
+                         else UnquantizedEmbeddingMethod())
+                self._gemm_methods.append((module, method, plain))
         self.model = _TimedModel(self.model, self)
+
+    def set_prepacked_gemms(self, enabled: bool) -> int:
+        for module, packed, plain in self._gemm_methods:
+            module.quant_method = packed if enabled else plain
+        return len(self._gemm_methods)
 
     def _sample(self, logits, spec_decode_metadata):
         t0 = time.perf_counter()
@@ -87,6 +108,10 @@ class TimedWorker(XPUPluginWorker):
         # (same state, the subclass only adds methods and the records it creates here).
         self.model_runner.__class__ = TimedModelRunner
         self.model_runner._init_timing()
+
+    def set_prepacked_gemms(self, enabled: bool) -> int:
+        """Switch the CPU-mode prepacked GEMMs on/off; returns how many layers have them."""
+        return self.model_runner.set_prepacked_gemms(enabled)
 
     def reset_step_records(self) -> None:
         self.model_runner.step_records = []
