@@ -29,6 +29,9 @@ ENGINE_KEYS = (
     "gpu_memory_utilization",
     "enforce_eager",
     "seed",
+    # CPU mode only: the KV cache's size in GiB (VLLM_XPU_PLUGIN_CPU_KVCACHE_GB; the plugin's
+    # default, 4, lets the OOM killer take engines on a small shared machine).
+    "cpu_kvcache_gb",
 )
 
 

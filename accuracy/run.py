@@ -19,10 +19,13 @@ made; each config names the exact command).
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import gc
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +74,22 @@ def build_vllm_lm(cfg: AccuracyConfig, model_path: str, block_size: int | None):
                                 batch_size=cfg.batch_size, max_gen_toks=cfg.max_gen_toks)
     if cfg.quantization:
         args["quantization"] = cfg.quantization
-    args.update(cfg.engine_for(block_size))
-    return get_model("vllm")(**args)
+    engine = cfg.engine_for(block_size)
+    kv_gb = engine.pop("cpu_kvcache_gb", None)
+    args.update(engine)
+    if kv_gb is None:
+        return get_model("vllm")(**args)
+    # The plugin's platform reads it while the engine is configured (in this process), so it
+    # is set for the constructor only and other engines of the process keep their setting.
+    var, saved = "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", os.environ.get("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB")
+    os.environ[var] = str(kv_gb)
+    try:
+        return get_model("vllm")(**args)
+    finally:
+        if saved is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved
 
 
 def shutdown_vllm_lm(lm) -> None:
@@ -85,13 +102,59 @@ def shutdown_vllm_lm(lm) -> None:
     gc.collect()
 
 
+class EngineDiedError(RuntimeError):
+    """The vLLM engine-core process exited while lm-eval was waiting for it."""
+
+
+def _engine_processes(lm) -> list:
+    core = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
+    manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+    return list(getattr(manager, "processes", None) or [])
+
+
+@contextlib.contextmanager
+def engine_death_watch(lm, what: str, poll_seconds: float = 2.0):
+    """Turn a dead engine-core process into an error instead of a hang.
+
+    When the engine process dies (e.g. a kernel segfault), vLLM 0.11's synchronous client
+    logs "died unexpectedly" but ``LLM.generate`` can wait forever (seen here). A watcher
+    thread interrupts the main thread then; the interrupt is re-raised as EngineDiedError.
+    """
+    procs = _engine_processes(lm)
+    died: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(poll_seconds):
+            dead = [p for p in procs if p.exitcode is not None]
+            if dead:
+                died.append(f"{what}: the vLLM engine process died (exit code "
+                            f"{dead[0].exitcode})")  # fmt: skip
+                _thread.interrupt_main()
+                return
+
+    watcher = threading.Thread(target=watch, name="accuracy-engine-watch", daemon=True)
+    if procs:
+        watcher.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if died:
+            raise EngineDiedError(died[0]) from None
+        raise
+    finally:
+        stop.set()
+
+
 def run_vllm(cfg: AccuracyConfig, model_path: str, block_size: int | None,
              limits: dict[str, int | None]) -> EngineRun:  # fmt: skip
     t0 = time.monotonic()
+    what = f"{cfg.name} block size {block_size or 'default'}"
     _log(f"{cfg.name}: vllm backend, block size {block_size or 'default'}")
     lm = build_vllm_lm(cfg, model_path, block_size)
     try:
-        tasks = evaluate(lm, cfg.tasks, limits, cfg.max_gen_toks, cfg.apply_chat_template)
+        with engine_death_watch(lm, what):
+            tasks = evaluate(lm, cfg.tasks, limits, cfg.max_gen_toks, cfg.apply_chat_template)
     finally:
         shutdown_vllm_lm(lm)
     return EngineRun("vllm", block_size, tasks, time.monotonic() - t0)
@@ -221,8 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[CheckRow] = []
     notes: list[str] = []
     for cfg in configs:
-        r, n = run_config(cfg, smoke=args.smoke, block_sizes=tuple(args.block_size),
-                          parity=not args.no_parity)  # fmt: skip
+        try:
+            r, n = run_config(cfg, smoke=args.smoke, block_sizes=tuple(args.block_size),
+                              parity=not args.no_parity)  # fmt: skip
+        except EngineDiedError as e:
+            print(f"accuracy: error: {e}", file=sys.stderr)
+            r, n = [CheckRow(cfg.name, "vllm", "all tasks", "engine ran to the end", "yes",
+                             str(e), "", False)], []  # fmt: skip
         rows += r
         notes += n
     notes.append(f"total {time.monotonic() - t0:.0f}s, OMP_NUM_THREADS="
