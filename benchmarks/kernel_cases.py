@@ -89,6 +89,9 @@ class PagedAttentionSetup:
             block_table=self.block_table,
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
         )
+        # Query head -> KV head, for IPEX's single-query kernel.
+        self.head_mapping = torch.arange(self.hkv, dtype=torch.int32).repeat_interleave(
+            self.hq // self.hkv)
         torch.set_default_dtype(dtype)  # the impl validates the model dtype at build
         try:
             self.impl = IPEXAttentionImpl(self.hq, hd, self.scale, num_kv_heads=self.hkv)
@@ -105,10 +108,8 @@ class PagedAttentionSetup:
         key_cache, value_cache = self.kv_cache.unbind(0)
         self.device.write_kv_cache(self.key, self.value, key_cache, value_cache,
                                    self.metadata.slot_mapping)
-        head_mapping = torch.arange(self.hkv, dtype=torch.int32).repeat_interleave(
-            self.hq // self.hkv)
         paged.single_query_cached_kv_attention(
-            self.output, self.query, key_cache, value_cache, head_mapping, self.scale,
+            self.output, self.query, key_cache, value_cache, self.head_mapping, self.scale,
             self.block_table, self.metadata.seq_lens, self.bs, max(self.seq_lens), None)
         return self.output
 

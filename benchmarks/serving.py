@@ -193,10 +193,11 @@ def plot(rows: list[dict], hf_best: dict, path: Path, title: str) -> Path | None
     ax1.set_xlabel("concurrency")
     ax1.set_ylabel("output tokens/s")
     ax1.legend(fontsize=8)
-    for key, label in (("plugin", "plugin"), ("hf", "HF")):
-        ax2.plot(conc, [r[key]["mean_tpot_ms"] for r in rows], marker="o", label=f"{label} TPOT")
+    for key, label, color in (("plugin", "plugin", "C0"), ("hf", "HF", "C1")):
+        ax2.plot(conc, [r[key]["mean_tpot_ms"] for r in rows], marker="o", color=color,
+                 label=f"{label} TPOT")
         ax2.plot(conc, [r[key]["mean_ttft_ms"] for r in rows], marker="s", ls=":",
-                 label=f"{label} TTFT")
+                 color=color, label=f"{label} TTFT")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("concurrency")
