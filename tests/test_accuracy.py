@@ -4,8 +4,9 @@ Default suite:
 - configs and list files load and say where their expected values come from;
 - the data preparation (GSM8K rows, BIG-bench formatting) on small hand-made inputs;
 - the parity comparison flags what it must flag (synthetic samples);
-- a short subset: SmolLM2-135M-Instruct through the plugin (lm-eval's vllm backend) against
-  lm-eval's hf backend on the same weights, sample by sample (``smoke_limit`` documents).
+- a short subset: SmolLM2-135M-Instruct float32 at block size 32 through the plugin (lm-eval's
+  vllm backend) against lm-eval's hf backend on the same weights, sample by sample
+  (``smoke_limit`` documents; ~3 CPU-minutes with the hf reference).
 
 ``@pytest.mark.slow``: every CPU-tier config at every block size at full limits (what
 ``make accuracy`` runs through ``python -m accuracy.run``). ``@pytest.mark.xpu``: the XPU tier,
@@ -34,8 +35,10 @@ from accuracy.config import (
 
 CPU_CONFIGS = read_model_list(ACCURACY_DIR / "models-cpu.txt")
 XPU_CONFIGS = read_model_list(ACCURACY_DIR / "models-xpu.txt")
-# The default suite's short subset: one engine per config below, at one block size each.
-SMOKE_RUNS = [("SmolLM2-135M-Instruct-fp32", 32), ("SmolLM2-135M-Instruct-bf16", 64)]
+# The default suite's short subset: float32 (the tightest parity) at block size 32 (the size
+# an older stack got wrong). bfloat16 at 64 is in the slow set: ~3 CPU-minutes each.
+SMOKE_RUNS = [("SmolLM2-135M-Instruct-fp32", 32)]
+SLOW_SMOKE_RUNS = [("SmolLM2-135M-Instruct-bf16", 64)]
 
 
 # --------------------------------------------------------------------------- configs
@@ -241,7 +244,10 @@ def _assert_report_passes(rows, notes, title):
     assert all(r.passed for r in rows), report
 
 
-@pytest.mark.parametrize("name, block_size", SMOKE_RUNS)
+@pytest.mark.parametrize(
+    "name, block_size",
+    SMOKE_RUNS + [pytest.param(*r, marks=pytest.mark.slow) for r in SLOW_SMOKE_RUNS],
+)
 def test_short_subset_matches_hf_backend(name, block_size):
     """Smoke limits (a few documents per task) at one block size: every choice's
     log-likelihood and the greedy GSM8K generations agree with lm-eval's hf backend."""
