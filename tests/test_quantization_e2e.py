@@ -7,10 +7,11 @@ Tolerances:
   integers and scales exactly, so logits agree to ~1e-5; greedy tokens must be identical
   except at genuine near-ties (top-2 within TIE_MARGIN = 0.02 nats in HF), and the chosen
   tokens' logprobs and the shared top-5 logprobs must agree within 5e-3.
-- SmolLM2-135M (bf16, ``slow``): bf16 rounding differs between IPEX's kernel and HF's
-  matmul, so greedy paths may drift apart after a near-tie; the check is teacher-forced: on
-  HF's 32 greedy tokens, vLLM's argmax agrees at >= 90 % of the positions, and the answer
-  to the France question mentions Paris.
+- SmolLM2-135M (``slow``; float32 on both sides, as `make serve`: this SmolLM2 is itself
+  de-quantized from a 4-bit GGUF and its margins are thin in bf16): the check is
+  teacher-forced, so one near-tie cannot derail the rest: on HF's 32 greedy tokens,
+  vLLM's argmax agrees at >= 90 % of the positions; and the answer to the France
+  question mentions Paris.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ def test_smollm2_quantized_agrees_with_hf_and_answers(case):
     ref_dir = build_dequantized(quant_dir)
     tok = AutoTokenizer.from_pretrained(quant_dir)
     prompt = chat_prompt_ids(tok)
-    ref = hf_greedy(ref_dir, [prompt], MAX_NEW_TOKENS, dtype="bfloat16", ignore_eos=True)[0]
-    llm = _make_llm(quant_dir, dtype="bfloat16", max_model_len=1024)
+    ref = hf_greedy(ref_dir, [prompt], MAX_NEW_TOKENS, ignore_eos=True)[0]
+    llm = _make_llm(quant_dir, max_model_len=1024)
     try:
         agreement = _teacher_forced_agreement(llm, prompt, ref.output_ids)
         answer = _generate(llm, [prompt], max_tokens=40, logprobs=None)[0].text
