@@ -194,15 +194,20 @@ def kv_cache_shape(
 # Every wrapper takes the same arguments on both devices. IPEX is imported lazily.
 
 
-def silu_and_mul(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = silu(x[..., :d]) * x[..., d:]`` with ``d = x.shape[-1] // 2``."""
+def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``silu(x[..., :d]) * x[..., d:]`` with ``d = x.shape[-1] // 2``, into ``out`` if
+    given (else a new tensor)."""
     if is_cpu_mode():
         # IPEX's CPU ``silu_mul`` has no native kernel: it is
         # ``torch.compile(silu(x) * y)``, whose first call compiles for 13-46 s and every
         # new dtype / 1-token shape for ~2 s more (measured, 2 cores). The same formula
         # run eagerly gives the same numbers with no warm-up.
         d = x.shape[-1] // 2
+        if out is None:  # multiply into silu's result: no extra buffer
+            return torch.nn.functional.silu(x[..., :d]).mul_(x[..., d:])
         return torch.mul(torch.nn.functional.silu(x[..., :d]), x[..., d:], out=out)
+    if out is None:  # XPU-only
+        out = x.new_empty(x.shape[:-1] + (x.shape[-1] // 2,))  # XPU-only
     ipex().llm.functional.silu_and_mul(x, out)  # XPU-only
     return out
 
@@ -243,42 +248,75 @@ def fused_add_rms_norm(
     return out, residual
 
 
+def rotary_kernel_table(cos_sin_cache: torch.Tensor, head_size: int) -> torch.Tensor:
+    """vLLM's ``cos_sin_cache`` ([max_positions, rotary_dim] = cat(cos, sin)) as this
+    device's rotary kernel reads it. Build it once per cache (it depends on nothing else).
+
+    XPU: the cache itself. CPU: fp32 [max_positions, head_size] = cat(sin, cos), each
+    padded to head_size // 2 (the kernel reads only the first rotary_dim // 2 of each; the
+    values are the cache's, so results are bit-identical to converting per call).
+    """
+    if not is_cpu_mode():
+        return cos_sin_cache  # XPU-only
+    cos, sin = cos_sin_cache.float().chunk(2, dim=-1)
+    half = head_size // 2
+    if cos.shape[-1] != half:
+        cos = torch.nn.functional.pad(cos, (0, half - cos.shape[-1]), value=1.0)
+        sin = torch.nn.functional.pad(sin, (0, half - sin.shape[-1]), value=0.0)
+    return torch.cat((sin, cos), dim=-1).contiguous()
+
+
 def rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,
     key: Optional[torch.Tensor],
     head_size: int,
-    cos_sin_cache: torch.Tensor,
+    kernel_table: torch.Tensor,
     is_neox: bool,
     rotary_dim: int,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """In-place rotary embedding of vLLM's layout; returns ``(query, key)``.
+    """Rotary embedding of vLLM's layout; returns the rotated ``(query, key)``.
 
     positions: [num_tokens]; query/key: [num_tokens, heads * head_size] (or already
     [num_tokens, heads, head_size]), strided views allowed; key may be None.
-    cos_sin_cache: [max_positions, rotary_dim] = cat(cos, sin), same dtype as query.
-    Only the first ``rotary_dim`` channels of each head are rotated.
+    kernel_table: :func:`rotary_kernel_table` of the layer's cos_sin_cache.
+    Only the first ``rotary_dim`` channels of each head are rotated. Callers must use the
+    returned tensors (as with vLLM's forward_native): the CPU kernel writes new tensors
+    and leaves query/key as they are; the XPU kernel rotates them in place.
     """
     num_tokens = positions.numel()
-    positions = positions.flatten()
-    # Neither build takes key=None: rotate a 1-head scratch key and drop it.
-    k = key if key is not None else query.new_zeros(num_tokens, head_size)
+    if num_tokens == 0:
+        return query, key
     if is_cpu_mode():
-        # The CPU kernel wants per-token sin and cos padded to head_size // 2 (it reads
-        # only the first rotary_dim // 2 of them; the pad is never used).
-        cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
-        half = head_size // 2
-        if cos.shape[-1] != half:
-            cos = torch.nn.functional.pad(cos, (0, half - cos.shape[-1]), value=1.0)
-            sin = torch.nn.functional.pad(sin, (0, half - sin.shape[-1]), value=0.0)
-        q3 = query.view(num_tokens, -1, head_size)
-        k3 = k.view(num_tokens, -1, head_size)
-        ipex().llm.functional.rotary_embedding(q3, k3, sin, cos, rotary_dim, is_neox, None)
-    else:
-        ipex().llm.functional.rotary_embedding_batched(  # XPU-only
-            positions, query, k, head_size, cos_sin_cache, is_neox, rotary_dim
-        )
-    return query, key
+        # One kernel call per tensor and nothing else: the kernel picks each token's
+        # sin/cos row from the whole table by position (decode step of SmolLM2-135M at
+        # batch 16: 2 ops per layer instead of ~12; see docs/performance.md).
+        rope = torch.ops.torch_ipex.rotary_position_embedding
+        offset = rotary_dim // 2 if is_neox else 1
+        positions = positions.view(1, num_tokens)
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            heads = x.numel() // (num_tokens * head_size)
+            out, _, _ = rope(x.view(1, num_tokens, heads, head_size), kernel_table, positions,
+                             heads, head_size, offset, rotary_dim)
+            return out.view(x.shape)
+
+        return rotate(query), (rotate(key) if key is not None else None)
+    # XPU-only: the kernel takes no key=None; rotate a 1-head scratch key and drop it.
+    k = key if key is not None else query.new_zeros(num_tokens, head_size)  # XPU-only
+    ipex().llm.functional.rotary_embedding_batched(  # XPU-only
+        positions.flatten(), query, k, head_size, kernel_table, is_neox, rotary_dim
+    )
+    return query, key  # XPU-only
+
+
+def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=-1)`` (int64; first maximal index on ties, NaN counts as max)."""
+    if is_cpu_mode() and logits.dtype == torch.float32 and logits.dim() == 2:
+        # torch's CPU argmax is a scalar loop: 1.8 ms for 16 x 49152 fp32 logits on one
+        # core; numpy's is vectorized (0.15 ms) with the same tie and NaN rules.
+        return torch.from_numpy(logits.detach().contiguous().numpy().argmax(axis=-1))
+    return logits.argmax(dim=-1)
 
 
 # ---- attention kernels (used by vllm_xpu_plugin/attention; owner: attention) -----------

@@ -19,7 +19,7 @@ class IPEXSiluAndMul(SiluAndMul):
     """``x -> silu(x[..., :d]) * x[..., d:]``, ``d = x.shape[-1] // 2``."""
 
     def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
-        return device.silu_and_mul(x, _out_for(x))
+        return device.silu_and_mul(x)
 
 
 keep_in_tree_name(IPEXSiluAndMul, SiluAndMul)

@@ -53,16 +53,24 @@ class _IPEXRotaryForward:
             # Not the layout the kernels read (a future subclass changed it): stay exact.
             return self.forward_native(positions, query, key)  # type: ignore[attr-defined]
         self._match_cos_sin_cache_dtype(query)  # type: ignore[attr-defined]
-        # In place on query/key, like vLLM's forward_cuda.
         return device.rotary_embedding(
             positions,
             query,
             key,
             self.head_size,
-            self.cos_sin_cache,
+            self._rotary_kernel_table(),
             self.is_neox_style,
             self.rotary_dim,
         )
+
+    def _rotary_kernel_table(self) -> torch.Tensor:
+        # Rebuilt only when cos_sin_cache is replaced (dtype/device match, reload); vLLM
+        # shares one rotary module across all layers, so this is once per model.
+        cache = self.cos_sin_cache
+        if getattr(self, "_kernel_table_source", None) is not cache:
+            self._kernel_table = device.rotary_kernel_table(cache, self.head_size)
+            self._kernel_table_source = cache
+        return self._kernel_table
 
 
 @RotaryEmbedding.register_oot
