@@ -20,6 +20,7 @@ from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, structured_output
+from vllm_xpu_plugin.sample import XPUPluginSampler
 from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
 
 logger = init_logger(__name__)
@@ -35,6 +36,8 @@ class XPUPluginModelRunner(GPUModelRunner):
         self.use_cuda_graph = False
         if device.is_cpu_mode():
             self._alias_device_buffers_to_host()
+        # vLLM's sampler with the greedy pick on device.greedy_argmax (sample/).
+        self.sampler = XPUPluginSampler(logprobs_mode=self.sampler.logprobs_mode)
         # Speculative decoding: vLLM's RejectionSampler is Triton-only (spec_decode/).
         if hasattr(self, "rejection_sampler"):
             self.rejection_sampler = TorchRejectionSampler()
