@@ -236,13 +236,17 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             return output
 
         num_tokens = attn_metadata.num_actual_tokens
-        key_cache, value_cache = kv_cache.unbind(0)
+        key_cache, value_cache = self._cache_views(kv_cache)
+        if query.shape[0] != num_tokens:  # padding rows (eager mode has none)
+            query, key, value = query[:num_tokens], key[:num_tokens], value[:num_tokens]
+            output_rows = output[:num_tokens]
+        else:
+            output_rows = output
 
         if self.kv_sharing_target_layer_name is None:
             if attn_metadata.kv_write_token_indices is None:
                 device.write_kv_cache(
-                    key[:num_tokens], value[:num_tokens], key_cache, value_cache,
-                    attn_metadata.slot_mapping)
+                    key, value, key_cache, value_cache, attn_metadata.slot_mapping)
             else:
                 indices = attn_metadata.kv_write_token_indices
                 device.write_kv_cache(
@@ -250,8 +254,8 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
                     key_cache, value_cache, attn_metadata.kv_write_slot_mapping)
 
         device.paged_attention_varlen(
-            output[:num_tokens],
-            query[:num_tokens],
+            output_rows,
+            query,
             key_cache,
             value_cache,
             attn_metadata.query_start_loc,
@@ -264,6 +268,13 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             softcap=self.logits_soft_cap,
         )
         return output
+
+    def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (key_cache, value_cache) of this layer's cache, split once instead of per step.
+        if getattr(self, "_cache_views_of", None) is not kv_cache:
+            self._key_value_caches = tuple(kv_cache.unbind(0))
+            self._cache_views_of = kv_cache
+        return self._key_value_caches
 
 
 def _reject_unsupported(
