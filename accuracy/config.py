@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # lm-eval's "<metric>,<filter>" key, e.g. "acc,none" or "exact_match,strict-match"
-    value: float | None  # None: no trustworthy reference yet; the run records the value
+    value: float | None  # None: no published reference; reported as "reference missing"
     tolerance: float  # absolute; the check passes when |measured - value| <= tolerance
 
 
@@ -108,7 +108,7 @@ def _metric(raw: Any, where: str) -> MetricSpec:
         raise ConfigError(f"{where}: each metric must be a mapping with name/value/tolerance")
     name = _need(raw, "name", where, str)
     if "value" not in raw:
-        raise ConfigError(f"{where} {name}: missing key 'value' (null: to be measured)")
+        raise ConfigError(f"{where} {name}: missing key 'value' (null: reference missing)")
     value = raw["value"]
     if value is not None:
         value = float(_need(raw, "value", f"{where} {name}", (int, float)))

@@ -109,4 +109,6 @@ class CheckRow:
     measured: str
     tolerance: str
     passed: bool
-    recorded_only: bool = False  # no reference value: measured and reported, not checked
+    # No published reference value (the config says null): the measured value is reported,
+    # but the row does not pass; the run's exit status says so (accuracy.run).
+    reference_missing: bool = False

@@ -10,8 +10,9 @@ weights and the same task documents, compared sample by sample with the plugin's
 
 The hf run is the slow part; its results are cached in
 ``$VLLM_XPU_PLUGIN_CACHE/accuracy/hf-reference/`` under a key made of everything that
-determines them (weights' build id, dtype, task YAMLs, data build, limits, few-shot counts,
-generation length, library versions), so a changed input is never served a stale reference.
+determines them (weights' build id, dtype, the YAMLs of the config's tasks, data build,
+limits, few-shot counts, generation length, library versions), so a changed input is never
+served a stale reference, and an unrelated task YAML (another tier's) does not invalidate it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accuracy.config import TASK_DIR, AccuracyConfig
+from accuracy.config import TASK_DIR, AccuracyConfig, ConfigError
 from accuracy.evaluation import CheckRow, EngineRun, TaskRun, evaluate
 
 HF_BATCH_SIZE = 8
@@ -51,6 +52,28 @@ def _model_identity(model_path: str) -> str:
     return "\n".join(parts)
 
 
+def task_yaml_texts(task_names: list[str], task_dir: Path = TASK_DIR) -> dict[str, str]:
+    """The YAML files that define ``task_names`` (``<task>.yaml`` under ``task_dir``, plus
+    what they ``include:``), by path relative to ``task_dir``."""
+    out: dict[str, str] = {}
+    for name in task_names:
+        found = sorted(task_dir.rglob(f"{name}.yaml"))
+        if len(found) != 1:
+            raise ConfigError(f"task {name!r}: expected one {name}.yaml under {task_dir}, "
+                              f"found {len(found)}")  # fmt: skip
+        pending = [found[0]]
+        while pending:
+            path = pending.pop()
+            rel = str(path.relative_to(task_dir))
+            if rel in out:
+                continue
+            out[rel] = path.read_text()
+            for line in out[rel].splitlines():
+                if line.startswith("include:"):
+                    pending.append(path.parent / line.split(":", 1)[1].strip())
+    return out
+
+
 def reference_key(cfg: AccuracyConfig, model_path: str, limits: dict[str, int | None]) -> str:
     import lm_eval
     import torch
@@ -62,8 +85,7 @@ def reference_key(cfg: AccuracyConfig, model_path: str, limits: dict[str, int | 
         "model": _model_identity(model_path),
         "dtype": cfg.dtype,
         "tasks": [(t.name, t.num_fewshot, limits[t.name]) for t in cfg.tasks],
-        "task_yamls": {str(p.relative_to(TASK_DIR)): p.read_text()
-                       for p in sorted(TASK_DIR.rglob("*")) if p.is_file()},  # fmt: skip
+        "task_yamls": task_yaml_texts([t.name for t in cfg.tasks]),
         "data": build_id(),
         "max_gen_toks": cfg.max_gen_toks,
         "versions": [lm_eval.__version__, transformers.__version__, torch.__version__],

@@ -10,7 +10,9 @@ with their limits and few-shot counts, then every expected metric is checked (|m
 expected| <= tolerance). CPU-tier configs with a ``parity`` section are also compared sample
 by sample with lm-eval's ``hf`` backend on the same weights (:mod:`accuracy.parity`). A
 Markdown report (metric, expected, measured, pass/fail) is printed and written to
-``--report``; the exit status is 1 when any check fails.
+``--report``; the exit status is 1 when any check fails, 3 when none failed but an expected
+value has no published reference (``value: null``: reported as "reference missing", not a
+pass).
 
 ``--measure-reference CONFIG`` runs the config's tasks through the ``hf`` backend and prints
 the metric values to paste into the config (that is how the CPU tier's expected values were
@@ -172,9 +174,9 @@ def check_expected(cfg: AccuracyConfig, run: EngineRun) -> list[CheckRow]:
             measured = task_run.metrics.get(m.name)
             shown = "missing" if measured is None else f"{measured:.4f}"
             label = f"{t.name} (n={task_run.n})"
-            if m.value is None:  # no reference yet: record the value, check nothing
-                rows.append(CheckRow(cfg.name, variant, label, m.name, "to be measured", shown,
-                                     "", measured is not None, recorded_only=True))
+            if m.value is None:  # nothing published to compare with: reported, never a pass
+                rows.append(CheckRow(cfg.name, variant, label, m.name, "reference missing",
+                                     shown, "", False, reference_missing=True))
                 continue
             ok = measured is not None and abs(measured - m.value) <= m.tolerance + 1e-12
             rows.append(CheckRow(cfg.name, variant, label, m.name, f"{m.value:.4f}", shown,
@@ -188,12 +190,30 @@ def markdown_report(rows: list[CheckRow], title: str, notes: list[str]) -> str:
     lines += ["", "| config | engine | task | metric | expected | measured | tolerance | result |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
-        result = "**FAIL**" if not r.passed else "recorded" if r.recorded_only else "pass"
+        result = "pass" if r.passed else "reference missing" if r.reference_missing else "**FAIL**"
         lines.append(f"| {r.config} | {r.variant} | {r.task} | {r.metric} | {r.expected} | "
                      f"{r.measured} | {r.tolerance} | {result} |")
-    failed = sum(not r.passed for r in rows)
-    lines += ["", f"**{len(rows) - failed} passed, {failed} failed**", ""]
+    passed, failed, missing = outcome_counts(rows)
+    summary = f"**{passed} passed, {failed} failed"
+    summary += f", {missing} reference missing**" if missing else "**"
+    lines += ["", summary, ""]
     return "\n".join(lines)
+
+
+def outcome_counts(rows: list[CheckRow]) -> tuple[int, int, int]:
+    """(passed, failed, reference missing) over report rows."""
+    missing = sum(r.reference_missing for r in rows)
+    passed = sum(r.passed for r in rows)
+    return passed, len(rows) - passed - missing, missing
+
+
+def exit_status(rows: list[CheckRow]) -> int:
+    """0: every check passed; 1: a check failed (or nothing was checked); 3: none failed but
+    some expected values have no published reference (not a pass: nothing was compared)."""
+    passed, failed, missing = outcome_counts(rows)
+    if failed or not rows:
+        return 1
+    return 3 if missing else 0
 
 
 def run_config(cfg: AccuracyConfig, smoke: bool = False, block_sizes: tuple[int, ...] = (),
@@ -300,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report)
-    return 0 if rows and all(r.passed for r in rows) else 1
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

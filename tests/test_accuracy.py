@@ -28,6 +28,7 @@ from accuracy import prepare_data
 from accuracy.config import (
     ACCURACY_DIR,
     CONFIG_DIR,
+    TASK_DIR,
     ConfigError,
     load_config,
     read_model_list,
@@ -61,7 +62,7 @@ def test_cpu_tier_runs_three_block_sizes_with_parity():
         assert sum(t.name.startswith("offline_bigbench_") for t in cfg.tasks) >= 4
 
 
-def test_xpu_configs_cite_a_source_or_say_unmeasured():
+def test_xpu_configs_cite_a_source_or_say_reference_missing():
     names = {load_config(p).name for p in XPU_CONFIGS}
     for required in ("Llama-3.1-8B-Instruct-AWQ-INT4", "Llama-3.1-8B-Instruct-GPTQ-INT4",
                      "Qwen2-7B-Instruct-GPTQ-Int4", "Mistral-7B-Instruct-v0.2-AWQ",
@@ -71,10 +72,42 @@ def test_xpu_configs_cite_a_source_or_say_unmeasured():
         cfg = load_config(path)
         values = [m.value for t in cfg.tasks for m in t.metrics]
         assert any(t.name.startswith("offline_gsm8k") for t in cfg.tasks), cfg.name
+        assert all((TASK_DIR / "gsm8k" / f"{t.name}.yaml").is_file() for t in cfg.tasks)
         if any(v is None for v in values):
-            assert cfg.reference == "reference value to be measured on hardware", cfg.name
+            assert all(v is None for v in values), cfg.name
+            assert cfg.reference.startswith("reference missing"), cfg.name
         else:
-            assert "model card" in cfg.reference and "http" in path.read_text(), cfg.name
+            # A published value: the repo@commit it came from, and a link, are in the file.
+            text = path.read_text()
+            assert "@" in cfg.reference and "https://" in text, cfg.name
+            for v in values:
+                assert f"{v}" in cfg.reference, (cfg.name, v)
+
+
+def test_missing_reference_is_reported_and_is_not_a_pass():
+    from accuracy.config import AccuracyConfig, MetricSpec, TaskSpec
+    from accuracy.evaluation import EngineRun, TaskRun
+    from accuracy.run import check_expected, exit_status, markdown_report
+
+    specs = (TaskSpec("offline_gsm8k", 5, 4, (MetricSpec("exact_match,strict-match", None, 0.03),
+                                              MetricSpec("exact_match,flexible-extract", 0.5,
+                                                         0.03))),)  # fmt: skip
+    cfg = AccuracyConfig(path=CONFIG_DIR / "x.yaml", name="x", tier="xpu", model="m",
+                         dtype="float16", quantization=None, tasks=specs,
+                         reference="reference missing")  # fmt: skip
+    metrics = {"exact_match,strict-match": 0.25, "exact_match,flexible-extract": 0.5}
+    rows = check_expected(cfg, EngineRun("vllm", 64, {"offline_gsm8k": TaskRun(metrics, [], 4)}))
+    missing, checked = rows
+    assert (missing.passed, missing.reference_missing, missing.measured) == (False, True, "0.2500")
+    assert checked.passed and not checked.reference_missing
+    report = markdown_report(rows, "t", [])
+    assert "| reference missing |" in report
+    assert "**1 passed, 0 failed, 1 reference missing**" in report
+    assert exit_status(rows) == 3
+    metrics["exact_match,flexible-extract"] = 0.4  # outside ±0.03: a failure outranks it
+    rows = check_expected(cfg, EngineRun("vllm", 64, {"offline_gsm8k": TaskRun(metrics, [], 4)}))
+    assert exit_status(rows) == 1 and "**FAIL**" in markdown_report(rows, "t", [])
+    assert exit_status([]) == 1
 
 
 @pytest.mark.parametrize(
@@ -230,6 +263,21 @@ def test_parity_rows_fail_when_accuracy_moves():
     assert not by_metric["acc vs hf"].passed
     rows = compare(cfg, EngineRun("vllm", 16, {spec.name: TaskRun({}, hf, 4)}), ref)
     assert all(r.passed for r in rows)
+
+
+def test_hf_reference_key_reads_only_the_configs_task_yamls(tmp_path):
+    from accuracy.parity import task_yaml_texts
+
+    (tmp_path / "mc").mkdir()
+    (tmp_path / "mc" / "_template_yaml").write_text("output_type: multiple_choice\n")
+    (tmp_path / "mc" / "t1.yaml").write_text("include: _template_yaml\ntask: t1\n")
+    (tmp_path / "other.yaml").write_text("task: other\n")  # another tier's task
+    assert task_yaml_texts(["t1"], tmp_path) == {
+        "mc/t1.yaml": "include: _template_yaml\ntask: t1\n",
+        "mc/_template_yaml": "output_type: multiple_choice\n",
+    }
+    with pytest.raises(ConfigError, match="missing"):
+        task_yaml_texts(["missing"], tmp_path)
 
 
 # --------------------------------------------------------------------------- end to end
