@@ -182,6 +182,75 @@ async def replay_alone(url: str, results: list[SoakResult],
     return mismatches
 
 
+# --------------------------------------------------------------------------- offline
+
+
+def _sampling_params(body: dict):
+    from vllm import SamplingParams
+
+    return SamplingParams(n=body.get("n", 1), temperature=body.get("temperature", 1.0),
+                          top_p=body.get("top_p", 1.0), max_tokens=body["max_tokens"],
+                          seed=body.get("seed"), stop=body.get("stop"))
+
+
+def _drain(engine, texts: dict[str, list[str]]) -> None:
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                texts[out.request_id] = [c.text for c in out.outputs]
+
+
+def offline_interleaved_mismatches(engine, requests: list[SoakRequest],
+                                   seed: int = 0) -> tuple[int, list[int]]:
+    """The soak's request mix on an in-process ``LLMEngine`` with a reproducible schedule:
+    0-8 requests join before each step, "cancelled" ones are aborted after their
+    ``cancel_after_chunks``-th output. Then each completed greedy request runs alone.
+
+    Unlike the server soak, whose interleaving depends on timing, a failure here replays
+    exactly. Returns (greedy requests checked, indices of those whose text differs).
+    """
+    from vllm.inputs import TokensPrompt
+
+    rng = random.Random(seed)
+    pending = list(requests)
+    texts: dict[str, list[str]] = {}
+    outputs_seen: dict[str, int] = {}
+    abort_after: dict[str, int] = {}
+    while pending or engine.has_unfinished_requests():
+        for _ in range(rng.choice([0, 0, 1, 2, 4, 8])):
+            if pending:
+                req = pending.pop(0)
+                engine.add_request(f"load-{req.index}",
+                                   TokensPrompt(prompt_token_ids=req.body["prompt"]),
+                                   _sampling_params(req.body))
+                if req.cancel_after_chunks is not None:
+                    abort_after[f"load-{req.index}"] = req.cancel_after_chunks
+        if not engine.has_unfinished_requests():
+            continue
+        for out in engine.step():
+            rid = out.request_id
+            if out.finished:
+                texts[rid] = [c.text for c in out.outputs]
+                continue
+            outputs_seen[rid] = outputs_seen.get(rid, 0) + 1
+            if outputs_seen[rid] >= abort_after.get(rid, 1 << 30):
+                engine.abort_request([rid])
+    checked, mismatched = 0, []
+    for req in requests:
+        under_load = texts.get(f"load-{req.index}")
+        if not req.greedy or under_load is None:
+            continue
+        engine.add_request(f"alone-{req.index}",
+                           TokensPrompt(prompt_token_ids=req.body["prompt"]),
+                           _sampling_params(req.body))
+        alone: dict[str, list[str]] = {}
+        _drain(engine, alone)
+        checked += 1
+        if alone[f"alone-{req.index}"] != under_load:
+            mismatched.append(req.index)
+    return checked, mismatched
+
+
 # --------------------------------------------------------------------------- checks
 
 

@@ -76,7 +76,6 @@ def small_kv_server(tiny_llama_dir):
     from benchmarks.server_process import ServerProcess
     from benchmarks.soak import SOAK_SERVER_ARGS
 
-    # Prefix caching off: with it on, greedy results under load differ from the same request
-    # alone (open bug, docs/reliability.md; tests/test_soak.py has the xfail case).
-    with ServerProcess(tiny_llama_dir, [*SOAK_SERVER_ARGS, "--no-enable-prefix-caching"]) as server:
+    # vLLM's defaults otherwise (prefix caching on), as users run it.
+    with ServerProcess(tiny_llama_dir, SOAK_SERVER_ARGS) as server:
         yield server

@@ -3,18 +3,26 @@ concurrency 64 against a server whose KV cache is too small for them (it must pr
 ~10 % cancelled mid-stream. Nothing may be lost: every other request completes, every
 greedy one equals the same request sent alone, and the server ends idle and healthy.
 
-The shared server (``small_kv_server``) runs with prefix caching off; the prefix-caching
-case is an open bug (docs/reliability.md), kept as a strict xfail in the slow suite.
+The shared server (``small_kv_server``) runs vLLM's defaults, prefix caching included.
+``test_offline_interleaved_equals_alone`` replays the same mix with a fixed schedule on an
+in-process engine, so that an interleaving bug reproduces exactly (the server's depends on
+timing).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from benchmarks.server_process import ServerProcess
-from benchmarks.soak import SOAK_SERVER_ARGS, build_requests, format_summary, run_soak
+from benchmarks.soak import (
+    MAX_MODEL_LEN,
+    build_requests,
+    format_summary,
+    offline_interleaved_mismatches,
+    run_soak,
+)
 
 
 def test_build_requests_mix():
@@ -59,11 +67,33 @@ def test_full_soak(small_kv_server, tiny_llama_dir):
     assert s["preemptions"] > 0, s
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open bug: with prefix caching on (vLLM's default), "
-                   "greedy results under load differ from the same request alone; "
-                   "docs/reliability.md")
-def test_short_soak_with_prefix_caching(tiny_llama_dir):
-    with ServerProcess(tiny_llama_dir, SOAK_SERVER_ARGS) as server:
-        s = _run(server, tiny_llama_dir, count=80, concurrency=64, seed=0)
-    _assert_nothing_lost(s)
+@pytest.fixture(scope="module")
+def offline_engine(tiny_llama_dir):
+    from vllm import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    # The server soak's engine options (SOAK_SERVER_ARGS), in this process.
+    args = EngineArgs(model=str(tiny_llama_dir), dtype="float32", max_model_len=MAX_MODEL_LEN,
+                      block_size=16, num_gpu_blocks_override=64, max_num_seqs=64, seed=0,
+                      enable_prefix_caching=True)
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        engine = LLMEngine.from_engine_args(args)
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+    yield engine
+    engine.engine_core.shutdown()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_offline_interleaved_equals_alone(offline_engine, tiny_llama_dir, seed):
+    vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"]
+    requests = build_requests(80, vocab, seed=seed)
+    checked, mismatched = offline_interleaved_mismatches(offline_engine, requests, seed=seed)
+    assert checked > 20 and mismatched == [], (checked, mismatched)
+    stats = offline_engine.engine_core.engine_core.scheduler.make_stats()
+    assert (stats.num_running_reqs, stats.num_waiting_reqs, stats.kv_cache_usage) == (0, 0, 0)
