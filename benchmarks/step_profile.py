@@ -14,8 +14,13 @@ forward, and the host overhead = step - forward, split into:
 
 Floor of a decode step at batch B (issue 7), with ceilings measured in this run: the larger
 of (weight bytes read per step / STREAM-copy bandwidth) and (model FLOPs / the FLOP/s
-``F.linear`` reaches on the model's own weight shapes at 1024 tokens). Also printed: the
-time the same GEMMs take alone at B rows (the product's GEMM path, no model around them).
+``F.linear`` reaches on the model's own weight shapes at 1024 tokens). A decode step also
+reads every sequence's KV cache, which the issue's floor leaves out; "floor+KV" adds those
+bytes (B x mean context x layers x 2 x KV heads x head size x element size). Also printed:
+the time the same GEMMs take alone at B rows (torch's F.linear, no model around them).
+
+``--op-profile N`` (default 8): afterwards, torch.profiler (CPU, record_shapes) over N steady
+decode steps at the largest batch; prints the top ops by self CPU time per step.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "interleaved with the default, on the same engine")
     ap.add_argument("--rounds", type=int, default=None,
                     help="runs per (variant, batch), interleaved (default 1; 2 with --ab-prepack)")
+    ap.add_argument("--op-profile", type=int, default=8, metavar="N",
+                    help="profile N decode steps at the largest batch op by op (0: off)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     args = ap.parse_args(argv)
@@ -77,6 +84,31 @@ def summarize(records: list[dict], batch: int) -> dict:
     out["decode_steps"] = len(steps)
     out["all_steps"] = len(records)
     return out
+
+
+def kv_bytes(config: dict, batch: int, context: float, element_size: int) -> float:
+    """KV-cache bytes one decode step reads: every sequence's K and V in every layer."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    return batch * context * config["num_hidden_layers"] * 2 * kv_heads * head_dim * element_size
+
+
+def op_table(profile: dict, top: int = 15) -> tuple[str, list[dict]]:
+    """Top ops of an op profile by self CPU time per step, summed over input shapes."""
+    by_name: dict[str, dict] = {}
+    for op in profile["ops"]:
+        agg = by_name.setdefault(op["name"], dict(name=op["name"], calls_per_step=0.0,
+                                                  self_ms_per_step=0.0))
+        agg["calls_per_step"] += op["calls_per_step"]
+        agg["self_ms_per_step"] += op["self_ms_per_step"]
+    ops = sorted(by_name.values(), key=lambda o: -o["self_ms_per_step"])
+    total = profile["ops_self_ms_per_step"]
+    rows = [[o["name"], o["calls_per_step"], o["self_ms_per_step"],
+             100 * o["self_ms_per_step"] / total] for o in ops[:top]]
+    rest = sum(o["self_ms_per_step"] for o in ops[top:])
+    rows.append([f"({len(ops) - top} other ops)", float("nan"), rest, 100 * rest / total])
+    return _common.format_table(["op", "calls/step", "self ms/step", "% of op time"], rows), ops
 
 
 def model_costs(weights: list[dict], config: dict, batch: int, context: float):
@@ -172,6 +204,13 @@ def main(argv=None) -> int:
                 print(f"{variant} batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, "
                       f"forward {summary['forward'] * 1e3:.1f} ms", flush=True)
     llm.collective_rpc("set_prepacked_gemms", args=(True,))
+    profile = None
+    if args.op_profile > 0:
+        batch = max(args.batches)
+        llm.collective_rpc("profile_decode_steps", args=(batch, args.op_profile))
+        llm.generate(prompts(batch), SamplingParams(temperature=0.0, max_tokens=min(
+            args.output_len, args.op_profile + 4), ignore_eos=True), use_tqdm=False)
+        profile = llm.collective_rpc("get_profile")[0]
     runs = {key: {k: _median([r[k] for r in rs]) for k in rs[0]}
             for key, rs in per_round.items()}
     weights = llm.collective_rpc("weight_shapes")[0]
@@ -192,25 +231,30 @@ def main(argv=None) -> int:
         t_compute = sum(2 * batch * k * n / rates[(k, n)] for k, n in shapes)
         t_compute += attn_flops / statistics.fmean(rates.values())
         floor = max(t_bw, t_compute)
+        t_kv = kv_bytes(config, batch, context, torch.tensor([], dtype=dtype).element_size())
+        floor_kv = max((wbytes + t_kv) / bandwidth, t_compute)
         if batch not in alone_cache:
             alone_cache[batch] = gemms_alone(shapes, dtype, batch, rounds)
         alone = alone_cache[batch]
         r = dict(**s, weight_bytes=wbytes, linear_flops=lin_flops, attn_flops=attn_flops,
                  floor_bandwidth=t_bw, floor_compute=t_compute, floor=floor,
+                 kv_bytes=t_kv, floor_with_kv=floor_kv, step_over_floor_with_kv=s["step"] / floor_kv,
                  gemms_alone=alone, step_over_floor=s["step"] / floor,
                  forward_over_floor=s["forward"] / floor)
         results[f"{variant}/{batch}" if len(variants) > 1 else str(batch)] = r
         ms = 1e3
         rows.append([variant, batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
                      100 * s["host_overhead"] / s["step"], s["runner_other"] * ms,
-                     s["sample"] * ms, s["outside_runner"] * ms, floor * ms, alone * ms,
-                     r["step_over_floor"], batch / s["step"]])
+                     s["sample"] * ms, s["outside_runner"] * ms, floor * ms, floor_kv * ms,
+                     alone * ms, r["step_over_floor"], r["step_over_floor_with_kv"],
+                     batch / s["step"]])
     print(f"\nbandwidth (STREAM copy) {bandwidth / 1e9:.1f} GB/s; {args.dtype} GEMM on the "
           f"model's shapes: {min(rates.values()) / 1e12:.2f}-{max(rates.values()) / 1e12:.2f}"
           " TFLOP/s")
     print(_common.format_table(
         ["variant", "batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
-         "outside", "floor ms", "GEMMs", "step/floor", "tok/s"], rows))
+         "outside", "floor ms", "floor+KV", "GEMMs", "step/floor", "step/floor+KV", "tok/s"],
+        rows))
     if len(variants) > 1:
         for batch in args.batches:
             a, b = runs[("prepacked", batch)], runs[("plain", batch)]
@@ -219,6 +263,13 @@ def main(argv=None) -> int:
     print("host ovh = step - forward = prep+bk (runner: inputs, bookkeeping) + sample + "
           "outside (scheduler, output processing, messaging). floor = max(weight bytes / "
           "bandwidth, FLOPs / GEMM FLOP/s); GEMMs = the model's GEMMs alone at that batch.")
+    if profile:
+        table, ops_by_name = op_table(profile)
+        print(f"\nop profile: {profile['steps']} decode steps at batch {profile['batch']}, "
+              f"execute_model {profile['execute_ms_per_step']:.1f} ms/step (profiler on), ops' "
+              f"self CPU {profile['ops_self_ms_per_step']:.1f} ms/step; the rest is Python")
+        print(table)
+        profile["ops_by_name"] = ops_by_name
     target_batch = 16 if 16 in args.batches else max(args.batches)
     product = variants[0]
     ratio = next(r for (v, b), r in zip(runs, results.values(), strict=True)
@@ -230,7 +281,7 @@ def main(argv=None) -> int:
     _common.save_json(dict(machine=info, args=vars(args), model=str(model),
                            bandwidth_bytes_per_s=bandwidth,
                            gemm_flops_per_s={f"{k}x{n}": v for (k, n), v in rates.items()},
-                           batches=results), out)
+                           batches=results, op_profile=profile), out)
     print(f"saved {out}")
     return 0
 

@@ -12,6 +12,9 @@ product is not patched. Per ``execute_model`` call it records:
 The time from one call's start to the next call's start is the engine step; what is not
 ``forward`` in it is host overhead: scheduling, input preparation, sampling, output
 processing and the engine's inter-process messaging.
+
+``profile_decode_steps(batch, steps)`` arms torch.profiler (CPU, record_shapes) for the next
+``steps`` steady decode steps at ``batch`` requests; ``get_profile()`` returns their ops.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class TimedModelRunner(XPUPluginModelRunner):
         self.step_records: list[dict] = []
         self._forward_s = 0.0
         self._sample_s = 0.0
+        self._profile_plan: tuple[int, int] | None = None  # (batch, steps left)
+        self._profiler = None
+        self._profile_result: dict | None = None
 
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
@@ -90,14 +96,64 @@ class TimedModelRunner(XPUPluginModelRunner):
 
     def execute_model(self, scheduler_output, intermediate_tensors=None):
         self._forward_s = self._sample_s = 0.0
+        num_reqs = len(scheduler_output.num_scheduled_tokens)
+        profiling = self._profile_step_begin(num_reqs, scheduler_output.total_num_scheduled_tokens)
         start = time.perf_counter()
         out = super().execute_model(scheduler_output, intermediate_tensors)
         end = time.perf_counter()
-        num_reqs = len(scheduler_output.num_scheduled_tokens)
+        if profiling:
+            self._profile_step_end(end - start)
         self.step_records.append(dict(
             start=start, end=end, forward=self._forward_s, sample=self._sample_s,
             num_reqs=num_reqs, num_tokens=scheduler_output.total_num_scheduled_tokens))
         return out
+
+
+    # ---------------------------------------------------------------- op profile
+
+    def profile_decode_steps(self, batch: int, steps: int) -> None:
+        self._profile_plan = (batch, steps)
+        self._profile_result = None
+        self._profile_step_s: list[float] = []
+
+    def _profile_step_begin(self, num_reqs: int, num_tokens: int) -> bool:
+        if self._profile_plan is None:
+            return False
+        batch, _ = self._profile_plan
+        if not num_reqs == num_tokens == batch:
+            return False  # only steady decode steps at the batch asked for
+        if self._profiler is None:
+            import torch
+
+            self._profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+            self._profiler.__enter__()
+        return True
+
+    def _profile_step_end(self, seconds: float) -> None:
+        batch, left = self._profile_plan
+        self._profile_step_s.append(seconds)
+        if left > 1:
+            self._profile_plan = (batch, left - 1)
+            return
+        prof, self._profiler, self._profile_plan = self._profiler, None, None
+        prof.__exit__(None, None, None)
+        steps = len(self._profile_step_s)
+        ops = []
+        for e in prof.key_averages(group_by_input_shape=True):
+            if e.self_cpu_time_total <= 0:
+                continue
+            ops.append(dict(name=e.key, shapes=str(e.input_shapes)[:120],
+                            calls_per_step=e.count / steps,
+                            self_ms_per_step=e.self_cpu_time_total / 1e3 / steps))
+        ops.sort(key=lambda o: -o["self_ms_per_step"])
+        self._profile_result = dict(
+            batch=batch, steps=steps,
+            execute_ms_per_step=1e3 * sum(self._profile_step_s) / steps,
+            ops_self_ms_per_step=sum(o["self_ms_per_step"] for o in ops), ops=ops)
+
+    def get_profile(self) -> dict | None:
+        return self._profile_result
 
 
 class TimedWorker(XPUPluginWorker):
@@ -112,6 +168,13 @@ class TimedWorker(XPUPluginWorker):
     def set_prepacked_gemms(self, enabled: bool) -> int:
         """Switch the CPU-mode prepacked GEMMs on/off; returns how many layers have them."""
         return self.model_runner.set_prepacked_gemms(enabled)
+
+    def profile_decode_steps(self, batch: int, steps: int) -> None:
+        """Profile the next ``steps`` steady decode steps at ``batch`` requests (ops)."""
+        self.model_runner.profile_decode_steps(batch, steps)
+
+    def get_profile(self) -> dict | None:
+        return self.model_runner.get_profile()
 
     def reset_step_records(self) -> None:
         self.model_runner.step_records = []

@@ -87,6 +87,16 @@ def test_model_costs_tied_and_untied_embeddings():
     assert b2 == b and lin2 == lin and sorted(shapes2) == sorted(shapes)
 
 
+def test_kv_bytes_counts_every_layer_k_and_v():
+    config = dict(num_attention_heads=8, num_key_value_heads=2, hidden_size=256,
+                  num_hidden_layers=3)
+    # 4 sequences x 10 tokens x 3 layers x (K + V) x 2 KV heads x 32 dims x 2 bytes
+    assert step_profile.kv_bytes(config, batch=4, context=10, element_size=2) == (
+        4 * 10 * 3 * 2 * 2 * 32 * 2)
+    config["head_dim"] = 64  # an explicit head_dim wins over hidden_size / heads
+    assert step_profile.kv_bytes(config, 4, 10, 2) == 4 * 10 * 3 * 2 * 2 * 64 * 2
+
+
 @pytest.mark.parametrize("name,expected", [
     ("Intel(R) Arc(TM) B580 Graphics", 456.0),
     ("Intel(R) Arc(TM) Pro B60 Graphics", 456.0),
@@ -179,6 +189,12 @@ def test_step_profile_quick(tiny_llama_dir, tmp_path):
         assert s["decode_steps"] >= 5
         assert 0 < s["forward"] <= s["execute"] <= s["step"]
         assert s["floor"] > 0
+        assert s["floor_with_kv"] >= s["floor"]
+    # The op profile covers the decode steps asked for and sees the plugin's kernels.
+    profile = data["op_profile"]
+    assert profile["batch"] == 4 and profile["steps"] == 8
+    names = {op["name"] for op in profile["ops"]}
+    assert "torch_ipex::flash_attn_varlen_func" in names, sorted(names)[:40]
 
 
 @pytest.mark.slow
