@@ -294,12 +294,12 @@ def op_cases(args, dtype) -> list[Case]:
         return rot(qq, hq), rot(kk, hkv)
 
     def check_rope():
-        qq, kk = q0.clone(), k0.clone()
-        rope(positions, qq, kk)
+        # The returned tensors (CPU mode rotates into new ones; XPU in place).
+        qq, kk = rope(positions, q0.clone(), k0.clone())
         rq, rk = ref_rope(q0, k0)
         return max(_max_err(qq, rq), _max_err(kk, rk))
 
-    # In place on q/k (rotating the same tensors again each call is fine for timing).
+    # Rotating the same q/k again each call is fine for timing.
     cases.append(Case("rotary (neox)", f"{n} tok, {hq}/{hkv}x{hd}",
                       lambda: rope(positions, q, k), lambda: ref_rope(q, k), check_rope,
                       2 * n * (hq + hkv) * hd * e + n * hd * e))
