@@ -1,5 +1,6 @@
-"""``vllm serve`` (CPU mode, 127.0.0.1) in its own process group, for the soak, bad-input and
-tensor-parallel checks. Always stopped by its own PID / process group.
+"""``vllm serve`` on 127.0.0.1 in its own process group, for the soak, the server tests
+(tests/fixtures/server.py) and tensor parallel. Always stopped by its own PID / process
+group. CPU mode unless the caller runs on an Intel GPU (``device``).
 
     with ServerProcess(model_dir, ["--max-model-len", "512"]) as server:
         server.url  # http://127.0.0.1:PORT
@@ -32,17 +33,23 @@ class ServerExited(RuntimeError):
 class ServerProcess:
     def __init__(self, model: Path | str, args: Sequence[str] = (),
                  env: Optional[dict[str, str]] = None, log_path: Optional[Path] = None,
-                 served_model_name: str = SERVED_MODEL_NAME, startup_timeout: float = 900):
+                 served_model_name: Optional[str] = SERVED_MODEL_NAME,
+                 startup_timeout: float = 900, device: Optional[str] = None):
         self.model = str(model)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.served_model_name = served_model_name
+        # None: requests name the model by its path, as `vllm serve PATH` does by default.
+        self.served_model_name = served_model_name or self.model
         self.startup_timeout = startup_timeout
+        if device is None:  # CPU mode when the caller is in CPU mode, else the Intel GPU
+            device = "cpu" if os.environ.get("VLLM_XPU_PLUGIN_DEVICE") == "cpu" else "xpu"
         self.cmd = [str(Path(sys.executable).parent / "vllm"), "serve", self.model,
-                    "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
-                    "--served-model-name", served_model_name, *args]
+                    "--host", "127.0.0.1", "--port", str(self.port), "--device", device,
+                    *(["--served-model-name", served_model_name] if served_model_name else []),
+                    *args]
         self.env = dict(os.environ)
-        self.env["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+        if device == "cpu":
+            self.env["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
         self.env.setdefault("HF_HUB_OFFLINE", "1")
         self.env.setdefault("VLLM_NO_USAGE_STATS", "1")
         self.env.update(env or {})

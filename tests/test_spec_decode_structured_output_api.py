@@ -21,13 +21,7 @@ greedy answers must equal the same requests served alone (no grammar leaking ont
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +34,6 @@ from tests.fixtures.hf_reference import assert_greedy_close, hf_greedy
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
          "prompt_lookup_min": 2}
-STARTUP_TIMEOUT_S = 900
 # Greedy runs that take different kernel paths (a one-token decode vs. a speculative
 # verification window, or another batch size) may round differently; they may diverge
 # only where the reference's top-2 logprobs are this close. float32: the tiny model's
@@ -70,68 +63,16 @@ CODE_REGEX = r"[A-Z]{2}-[0-9]{3,5}"
 # ----------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _device_flag() -> str:
-    return "cpu" if os.environ.get("VLLM_XPU_PLUGIN_DEVICE") == "cpu" else "xpu"
-
-
 @contextmanager
 def serve(model: str, *args: str):
-    """Run ``vllm serve`` on 127.0.0.1 until the block exits; always stopped, with the
-    processes it spawned (its own process group)."""
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="vllm-serve-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
-           "--host", "127.0.0.1", "--port", str(port), "--device", _device_flag(),
-           "--max-model-len", "1024", "--max-num-seqs", "40", "--seed", "0",
-           # Off: with prefix caching on, greedy results under load differ from the same
-           # request alone (open bug, docs/reliability.md) -- not what these tests check.
-           "--no-enable-prefix-caching", *args]
+    """``vllm serve`` (tests/fixtures/server.py) with these tests' engine options; yields
+    the base URL."""
+    from tests.fixtures.server import serve as serve_model
+
     # CPU mode: 0.5 GiB of KV cache is ~20k SmolLM2 tokens, plenty here (default 4 GiB).
-    env = {**os.environ, "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB": "0.5"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n"
-                                   + _tail(log.name))
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("vllm serve did not become healthy:\n" + _tail(log.name))
-            time.sleep(2)
+    with serve_model(model, "--max-model-len", "1024", "--max-num-seqs", "40", "--seed", "0",
+                     *args, env={"VLLM_XPU_PLUGIN_CPU_KVCACHE_GB": "0.5"}) as (base, _):
         yield base
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        try:  # whatever the server left behind in its group (engine core)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        log.close()
-        os.unlink(log.name)
-
-
-def _tail(path: str, n: int = 60) -> str:
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-n:])
 
 
 def _server_args(dtype: str, backend: str, any_whitespace: bool = True) -> list[str]:
