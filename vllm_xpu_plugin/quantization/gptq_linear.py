@@ -13,7 +13,6 @@ from typing import Optional
 
 import torch
 from vllm.logger import init_logger
-from vllm.model_executor.layers.linear import LinearMethodBase
 from vllm.model_executor.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -34,20 +33,14 @@ _PACKED_PARAMS = ("qweight", "qzeros", "scales", "g_idx")
 # The class name matters: vLLM's linear layers only use their v2 (vLLMParameter-aware)
 # weight loaders for quant methods named in linear.WEIGHT_LOADER_V2_SUPPORTED, which lists
 # "IPEXGPTQLinearMethod".
-class IPEXGPTQLinearMethod(LinearMethodBase):
-
-    def __init__(self, quant_config) -> None:
-        self.quant_config = quant_config
+class IPEXGPTQLinearMethod(ipex_woq.IPEXWOQLinearMethodBase):
 
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs) -> None:
         cfg = self.quant_config
-        pack = cfg.pack_factor
-        weight_loader = extra_weight_attrs.get("weight_loader")
-        out_pp = sum(output_partition_sizes)
-        in_pp = input_size_per_partition
-        prefix = getattr(layer, "prefix", "") or type(layer).__name__
+        in_pp, out_pp, pack, prefix, weight_loader = self._partition(
+            layer, input_size_per_partition, output_partition_sizes, extra_weight_attrs)
         if in_pp % pack or out_pp % pack:
             raise UnsupportedQuantizationError(
                 f"{prefix}: GPTQ needs input and output sizes divisible by {pack} "
@@ -117,7 +110,3 @@ class IPEXGPTQLinearMethod(LinearMethodBase):
         )
         ipex_woq.attach_woq_linear(layer, module, out_features)
         ipex_woq.release_parameters(layer, _PACKED_PARAMS)
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor,
-              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return ipex_woq.apply_woq_linear(layer, x, bias)

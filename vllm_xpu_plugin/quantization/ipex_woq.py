@@ -10,9 +10,10 @@ AWQ checkpoint).
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
+from vllm.model_executor.layers.linear import LinearMethodBase
 
 from vllm_xpu_plugin import device
 
@@ -145,3 +146,35 @@ def resident_bytes(layer: torch.nn.Module) -> dict[str, int]:
 
 def _nbytes(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.numel() * t.element_size()
+
+
+class LinearPartition(NamedTuple):
+    """What ``create_weights`` is told about one linear layer's shard."""
+
+    in_features: int  # input size of this partition
+    out_features: int  # sum of the output partition sizes (merged QKV / gate-up)
+    pack_factor: int  # 4-bit values per int32
+    prefix: str  # layer name, for error messages
+    weight_loader: object
+
+
+class IPEXWOQLinearMethodBase(LinearMethodBase):
+    """The part of the GPTQ and AWQ linear methods that does not depend on the checkpoint
+    layout: the config, the shard sizes, and the forward on IPEX's int4 module."""
+
+    def __init__(self, quant_config) -> None:
+        self.quant_config = quant_config
+
+    def _partition(self, layer: torch.nn.Module, input_size_per_partition: int,
+                   output_partition_sizes: list[int], extra_weight_attrs: dict) -> LinearPartition:
+        return LinearPartition(
+            in_features=input_size_per_partition,
+            out_features=sum(output_partition_sizes),
+            pack_factor=self.quant_config.pack_factor,
+            prefix=getattr(layer, "prefix", "") or type(layer).__name__,
+            weight_loader=extra_weight_attrs.get("weight_loader"),
+        )
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return apply_woq_linear(layer, x, bias)
