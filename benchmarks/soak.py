@@ -10,7 +10,7 @@ mid-stream (the client closes the connection after a few chunks). Afterwards:
 - every greedy request's text equals the same request sent alone to the idle server;
 - ``/health`` is 200; ``vllm:kv_cache_usage_perc`` and running/waiting requests in
   ``/metrics`` are back to 0; the server's RSS (all its processes) grew by at most
-  ``--rss-bound`` (default 25 %) over its value after warm-up.
+  ``--rss-bound`` (default 10 %) over its value after warm-up.
 
 Prints sent / completed / cancelled / failed / mismatched and exits 1 unless everything
 holds. tests/test_soak.py runs a short version (80 requests) in the default suite.
@@ -268,7 +268,7 @@ def wait_idle(server, timeout: float = 120) -> dict[str, float]:
 
 
 def run_soak(server, requests: list[SoakRequest], concurrency: int,
-             rss_bound: float = 0.25, log=print) -> dict:
+             rss_bound: float = 0.10, log=print) -> dict:
     """Warm up, measure RSS, run the load, replay greedy requests alone, check the server."""
     url = server.url
     warm = [SoakRequest(-1, {"model": server.served_model_name, "prompt": [5, 6, 7],
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of the server")
-    ap.add_argument("--rss-bound", type=float, default=0.25,
+    ap.add_argument("--rss-bound", type=float, default=0.10,
                     help="allowed RSS growth over the warmed-up server (fraction)")
     ap.add_argument("--cancel-fraction", type=float, default=0.1)
     ap.add_argument("--greedy-only", action="store_true",
