@@ -52,6 +52,12 @@ def ipex():
     return intel_extension_for_pytorch
 
 
+def ipex_ops():
+    """``torch.ops.torch_ipex`` with IPEX imported (its import registers the ops)."""
+    ipex()
+    return torch.ops.torch_ipex
+
+
 def xpu_usable() -> bool:
     """True when torch sees an Intel GPU and the XPU build of IPEX imports."""
     try:
@@ -194,6 +200,28 @@ def kv_cache_shape(
 # Every wrapper takes the same arguments on both devices. IPEX is imported lazily.
 
 
+# CPU mode: decode-sized IPEX kernels on one thread. IPEX's small kernels (RMSNorm,
+# rotary, KV-cache write) open an OpenMP parallel region whatever the size; torch's own
+# element-wise ops stay on one thread below at::internal::GRAIN_SIZE (32768 elements).
+# Measured, 16 x 576 bf16 add+RMSNorm (SmolLM2 decode at batch 16), 2 threads: 11 us
+# either way with spinning OMP workers, 29 us vs 11 us with OMP_WAIT_POLICY=PASSIVE; and a
+# spinning region whose other core is busy with another process (the API server, a
+# client) waits for a scheduler slice. ~150 of a decode step's ~300 regions are these.
+CPU_SERIAL_MAX_ELEMENTS = 32768
+
+
+def _cpu_small_op(num_elements: int, op, *args):
+    """``op(*args)`` on one OpenMP thread when the op is small (CPU mode only)."""
+    threads = torch.get_num_threads()
+    if num_elements > CPU_SERIAL_MAX_ELEMENTS or threads == 1:
+        return op(*args)
+    torch.set_num_threads(1)
+    try:
+        return op(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def silu_and_mul(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``silu(x[..., :d]) * x[..., d:]`` with ``d = x.shape[-1] // 2``, into ``out`` if
     given (else a new tensor)."""
@@ -230,7 +258,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     CPU kernel then multiplies in fp32 and rounds once, which is Gemma's formula.
     """
     if is_cpu_mode():
-        return ipex().llm.functional.rms_norm(x, weight, eps)
+        # The kernel ipex.llm.functional.rms_norm dispatches to, called directly.
+        return _cpu_small_op(x.numel(), ipex_ops().rmsnorm, x, weight, eps)
     return ipex().llm.functional.rms_norm(x, weight.to(x.dtype), eps)  # XPU-only
 
 
@@ -242,10 +271,14 @@ def fused_add_rms_norm(
     Same kernel call on both builds (``add_rms_norm(residual, x, ..., add_back=True)``);
     x is left unchanged and the normalized output is a new tensor.
     """
-    if not is_cpu_mode():
-        weight = weight.to(x.dtype)  # XPU-only
-    out = ipex().llm.functional.add_rms_norm(residual, x, weight, None, eps, True)
-    return out, residual
+    if is_cpu_mode():
+        # The kernel ipex.llm.functional.add_rms_norm dispatches to, called directly.
+        out = _cpu_small_op(x.numel(), ipex_ops().add_rmsnorm, x, residual, weight,
+                            eps, True)
+        return out, residual
+    weight = weight.to(x.dtype)  # XPU-only
+    out = ipex().llm.functional.add_rms_norm(residual, x, weight, None, eps, True)  # XPU-only
+    return out, residual  # XPU-only
 
 
 def rotary_kernel_table(cos_sin_cache: torch.Tensor, head_size: int) -> torch.Tensor:
@@ -291,14 +324,15 @@ def rotary_embedding(
         # One kernel call per tensor and nothing else: the kernel picks each token's
         # sin/cos row from the whole table by position (decode step of SmolLM2-135M at
         # batch 16: 2 ops per layer instead of ~12; see docs/performance.md).
-        rope = torch.ops.torch_ipex.rotary_position_embedding
+        rope = ipex_ops().rotary_position_embedding
         offset = rotary_dim // 2 if is_neox else 1
         positions = positions.view(1, num_tokens)
 
         def rotate(x: torch.Tensor) -> torch.Tensor:
             heads = x.numel() // (num_tokens * head_size)
-            out, _, _ = rope(x.view(1, num_tokens, heads, head_size), kernel_table, positions,
-                             heads, head_size, offset, rotary_dim)
+            out, _, _ = _cpu_small_op(x.numel(), rope, x.view(1, num_tokens, heads, head_size),
+                                      kernel_table, positions, heads, head_size, offset,
+                                      rotary_dim)
             return out.view(x.shape)
 
         return rotate(query), (rotate(key) if key is not None else None)
@@ -347,13 +381,16 @@ def write_kv_cache(
     Every slot must be >= 0: the CPU kernel does not skip vLLM's padding slot -1, it
     writes out of bounds (measured: heap corruption).
     """
-    paged_attention = ipex().llm.modules.PagedAttention
     if is_cpu_mode():
-        # reshape_and_cache is the CPU kernel for the HND block layout.
-        paged_attention.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+        # reshape_and_cache is the CPU kernel for the HND block layout; called directly (what
+        # PagedAttention.reshape_and_cache runs), it wants int32 slots.
+        if slot_mapping.dtype != torch.int32:
+            slot_mapping = slot_mapping.to(torch.int32)
+        _cpu_small_op(key.numel(), ipex_ops().reshape_and_cache, key, value,
+                      key_cache, value_cache, slot_mapping, "auto", 1.0, 1.0)
     else:
         # XPU-only: the NHD block layout is the "flash" variant's (as in vLLM 0.11 on XPU).
-        paged_attention.reshape_and_cache_flash(
+        ipex().llm.modules.PagedAttention.reshape_and_cache_flash(
             key, value, key_cache, value_cache, slot_mapping, "auto", 1.0, 1.0
         )
 
@@ -383,9 +420,16 @@ def paged_attention_varlen(
     (-1: unbounded). softcap: logits -> softcap * tanh(logits / softcap); -1 disables
     it (0 does not: measured wrong results on CPU).
     """
-    if not is_cpu_mode():
-        query = query.contiguous()  # XPU-only: vLLM 0.11 hands the XPU kernel a contiguous q
-    ipex().llm.modules.PagedAttention.flash_attn_varlen_func(
+    window_right = 0 if window_left >= 0 else -1
+    if is_cpu_mode():
+        # The kernel PagedAttention.flash_attn_varlen_func dispatches to, called directly.
+        ipex_ops().flash_attn_varlen_func(
+            out, query, key_cache, value_cache, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
+            max_seqlen_kv, scale, True, block_table, None, window_left, window_right, "auto",
+            1.0, 1.0, softcap)
+        return
+    query = query.contiguous()  # XPU-only: vLLM 0.11 hands the XPU kernel a contiguous q
+    ipex().llm.modules.PagedAttention.flash_attn_varlen_func(  # XPU-only
         out,
         query,
         key_cache,
@@ -399,7 +443,7 @@ def paged_attention_varlen(
         block_table,
         None,  # alibi_slopes: unsupported, rejected when the backend is built
         window_size_left=window_left,
-        window_size_right=0 if window_left >= 0 else -1,
+        window_size_right=window_right,
         k_scale=1.0,
         v_scale=1.0,
         softcap=softcap,
