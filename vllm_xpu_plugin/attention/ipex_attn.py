@@ -109,7 +109,7 @@ class IPEXAttentionMetadata:
     seq_lens: torch.Tensor  # [num_reqs] int32, context + new tokens per request
     seq_start_loc: torch.Tensor  # [num_reqs + 1] int32, cumulative seq_lens
     block_table: torch.Tensor  # [num_reqs, max_blocks_per_req] int32
-    slot_mapping: torch.Tensor  # [num_actual_tokens] cache slot per token, -1 = none
+    slot_mapping: torch.Tensor  # [num_actual_tokens] int32 cache slot per token, -1 = none
     # Set when some tokens have no cache slot (-1, e.g. dummy runs): only these token
     # rows are written, to these slots, because the CPU kernel does not skip -1.
     kv_write_token_indices: Optional[torch.Tensor] = None
@@ -145,7 +145,8 @@ class IPEXAttentionMetadataBuilder(AttentionMetadataBuilder[IPEXAttentionMetadat
         seq_start_loc = torch.zeros(num_reqs + 1, dtype=torch.int32, device=seq_lens.device)
         torch.cumsum(seq_lens, dim=0, dtype=torch.int32, out=seq_start_loc[1:])
 
-        slot_mapping = common.slot_mapping[: common.num_actual_tokens]
+        # int32 once per step: the CPU KV-write kernel takes int32 (else every layer converts).
+        slot_mapping = common.slot_mapping[: common.num_actual_tokens].to(torch.int32)
         kv_write_token_indices = kv_write_slot_mapping = None
         has_slot = slot_mapping >= 0
         if not bool(has_slot.all()):
