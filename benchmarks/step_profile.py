@@ -17,7 +17,9 @@ of (weight bytes read per step / STREAM-copy bandwidth) and (model FLOPs / the F
 ``F.linear`` reaches on the model's own weight shapes at 1024 tokens). A decode step also
 reads every sequence's KV cache, which the issue's floor leaves out; "floor+KV" adds those
 bytes (B x mean context x layers x 2 x KV heads x head size x element size). Also printed:
-the time the same GEMMs take alone at B rows (torch's F.linear, no model around them).
+the time the same GEMMs take alone at B rows, no model around them: torch's F.linear
+("GEMMs") and the product's prepacked path ("packed"); packed / bandwidth-floor says how
+much of the floor the GEMMs alone already use.
 
 ``--op-profile N`` (default 8): afterwards, torch.profiler (CPU, record_shapes) over N steady
 decode steps at the largest batch; prints the top ops by self CPU time per step.
@@ -139,19 +141,32 @@ def gemm_rates(shapes, dtype, tokens: int, rounds: int) -> dict:
             for s in sorted(set(shapes))}
 
 
-def gemms_alone(shapes, dtype, batch: int, rounds: int) -> float:
-    """Seconds for one pass of F.linear over every weight shape at ``batch`` rows."""
+def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
+    """Seconds for one pass over every weight shape at ``batch`` rows: (torch's F.linear,
+    the product's CPU-mode GEMM path on prepacked weights), interleaved."""
     import torch
+
+    from vllm_xpu_plugin import device
 
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen).to(dtype) for k, n in shapes]
+    packed = [device.cpu_pack_linear_weight(w) for w in weights]
     inputs = {k: torch.randn(batch, k, generator=gen).to(dtype) for k, _ in shapes}
 
-    def run():
+    def plain():
         for w in weights:
             torch.nn.functional.linear(inputs[w.shape[1]], w)
 
-    return _common.compare({"g": run}, rounds=rounds, min_round_s=0.0, warmup=1)["g"]
+    def prepacked():
+        for w, p in zip(weights, packed, strict=True):
+            if p is None:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            else:
+                device.cpu_linear(inputs[w.shape[1]], w, None, p)
+
+    t = _common.compare({"plain": plain, "prepacked": prepacked}, rounds=rounds,
+                        min_round_s=0.0, warmup=1)
+    return t["plain"], t["prepacked"]
 
 
 def main(argv=None) -> int:
@@ -235,25 +250,28 @@ def main(argv=None) -> int:
         floor_kv = max((wbytes + t_kv) / bandwidth, t_compute)
         if batch not in alone_cache:
             alone_cache[batch] = gemms_alone(shapes, dtype, batch, rounds)
-        alone = alone_cache[batch]
+        alone, alone_packed = alone_cache[batch]
         r = dict(**s, weight_bytes=wbytes, linear_flops=lin_flops, attn_flops=attn_flops,
                  floor_bandwidth=t_bw, floor_compute=t_compute, floor=floor,
                  kv_bytes=t_kv, floor_with_kv=floor_kv, step_over_floor_with_kv=s["step"] / floor_kv,
-                 gemms_alone=alone, step_over_floor=s["step"] / floor,
+                 gemms_alone=alone, gemms_alone_prepacked=alone_packed,
+                 step_over_floor=s["step"] / floor,
                  forward_over_floor=s["forward"] / floor)
         results[f"{variant}/{batch}" if len(variants) > 1 else str(batch)] = r
         ms = 1e3
         rows.append([variant, batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
                      100 * s["host_overhead"] / s["step"], s["runner_other"] * ms,
                      s["sample"] * ms, s["outside_runner"] * ms, floor * ms, floor_kv * ms,
-                     alone * ms, r["step_over_floor"], r["step_over_floor_with_kv"],
+                     alone * ms, alone_packed * ms, r["step_over_floor"],
+                     r["step_over_floor_with_kv"],
                      batch / s["step"]])
     print(f"\nbandwidth (STREAM copy) {bandwidth / 1e9:.1f} GB/s; {args.dtype} GEMM on the "
           f"model's shapes: {min(rates.values()) / 1e12:.2f}-{max(rates.values()) / 1e12:.2f}"
           " TFLOP/s")
     print(_common.format_table(
         ["variant", "batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
-         "outside", "floor ms", "floor+KV", "GEMMs", "step/floor", "step/floor+KV", "tok/s"],
+         "outside", "floor ms", "floor+KV", "GEMMs", "packed", "step/floor", "step/floor+KV",
+         "tok/s"],
         rows))
     if len(variants) > 1:
         for batch in args.batches:
@@ -262,7 +280,8 @@ def main(argv=None) -> int:
                   f" faster (forward {b['forward'] / a['forward']:.2f}x) than torch's F.linear")
     print("host ovh = step - forward = prep+bk (runner: inputs, bookkeeping) + sample + "
           "outside (scheduler, output processing, messaging). floor = max(weight bytes / "
-          "bandwidth, FLOPs / GEMM FLOP/s); GEMMs = the model's GEMMs alone at that batch.")
+          "bandwidth, FLOPs / GEMM FLOP/s); GEMMs / packed = the model's GEMMs alone at that "
+          "batch with F.linear / with the product's prepacked path.")
     if profile:
         table, ops_by_name = op_table(profile)
         print(f"\nop profile: {profile['steps']} decode steps at batch {profile['batch']}, "
