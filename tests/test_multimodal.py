@@ -115,14 +115,7 @@ def _hf_greedy_from(model, first_inputs: dict, prompt_ids: list[int]) -> HFGener
     with torch.inference_mode():
         out = model(**first_inputs, use_cache=True)
         for _ in range(MAX_NEW_TOKENS):
-            logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            top_v, top_i = logprobs.topk(NUM_LOGPROBS)
-            tok = int(top_i[0])
-            gen.output_ids.append(tok)
-            gen.logprobs.append(float(top_v[0]))
-            gen.margins.append(float(top_v[0] - top_v[1]))
-            gen.top_logprobs.append({int(i): float(v) for i, v in zip(top_i, top_v,
-                                                                     strict=True)})
+            tok = gen.append_greedy_step(out.logits[0, -1], NUM_LOGPROBS)
             out = model(input_ids=torch.tensor([[tok]]), past_key_values=out.past_key_values,
                         use_cache=True)
     return gen
