@@ -108,3 +108,19 @@ def test_unknown_env_value_is_a_startup_problem(monkeypatch):
 
     monkeypatch.setenv("VLLM_XPU_PLUGIN_DEVICE", "gpu")
     assert "VLLM_XPU_PLUGIN_DEVICE='gpu'" in platform.startup_problem()
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cpu_mode_engine_omp_wait_policy(user_value, expected):
+    """Building a config in CPU mode sets OMP_WAIT_POLICY=PASSIVE for the engine processes
+    started afterwards (they inherit the environment), unless the user set it."""
+    code = ("import os\nfrom vllm.config import VllmConfig\nVllmConfig()\n"
+            "print('policy=' + os.environ.get('OMP_WAIT_POLICY', '<unset>'))")
+    env = {"VLLM_XPU_PLUGIN_DEVICE": "cpu"}
+    if user_value is not None:
+        env["OMP_WAIT_POLICY"] = user_value
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], env={**base, **env},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"policy={expected}" in proc.stdout.splitlines()

@@ -3,7 +3,8 @@
 import os
 
 __all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: F822
-           "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode"]  # noqa: F822 (module __getattr__)
+           "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode",  # noqa: F822 (module __getattr__)
+           "set_defaults"]
 
 
 def _device() -> str:
@@ -42,3 +43,9 @@ def __getattr__(name: str):
 
 def cpu_mode() -> bool:
     return _device() == "cpu"
+
+
+def set_defaults(values: dict[str, str]) -> None:
+    """Set environment variables the user has not set (inherited by processes started later)."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
