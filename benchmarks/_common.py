@@ -88,6 +88,15 @@ def ensure_repo_on_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, pythonpath) if p)
 
 
+def start_model_run(args) -> tuple[Path, dict[str, Any]]:
+    """The common start of a model benchmark: threads and wait policy pinned for this
+    process and its children, CPU mode, the model resolved; returns (model, machine info)."""
+    pin_threads(args.threads, args.omp_wait_policy)
+    ensure_cpu_mode()
+    ensure_repo_on_path()
+    return resolve_model(args.model), machine_info(args.threads)
+
+
 def resolve_model(model: str | None) -> Path:
     """``--model`` as given, or the SmolLM2-135M-Instruct test fixture (built on first use
     from the PyPI GGUF; see tests/fixtures/smollm2.py)."""

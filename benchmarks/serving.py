@@ -216,15 +216,11 @@ def plot(rows: list[dict], hf_best: dict, path: Path, title: str) -> Path | None
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _common.pin_threads(args.threads, args.omp_wait_policy)
-    _common.ensure_cpu_mode()
-    _common.ensure_repo_on_path()
+    model, info = _common.start_model_run(args)
     import torch
 
     from benchmarks.hf_baseline import HFBaseline
 
-    model = _common.resolve_model(args.model)
-    info = _common.machine_info(args.threads)
     print(f"# serving: {model.name}, {args.dtype}, {args.input_len} in / {args.output_len} out,"
           f" concurrency {args.concurrency}\n# {_common.describe_machine(info)}", flush=True)
     print("# vLLM's own CPU backend cannot run here (its vllm._C CPU ops are absent from the "

@@ -171,18 +171,14 @@ def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _common.pin_threads(args.threads, args.omp_wait_policy)
-    _common.ensure_cpu_mode()
-    _common.ensure_repo_on_path()
+    model, info = _common.start_model_run(args)
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from benchmarks import roofline
 
-    model = _common.resolve_model(args.model)
     config = json.loads((model / "config.json").read_text())
-    info = _common.machine_info(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"# step profile: {model.name} {args.dtype}, {args.input_len} in / {args.output_len}"
           f" out\n# {_common.describe_machine(info)}", flush=True)
