@@ -116,8 +116,8 @@ class XPUPluginModelRunner(GPUModelRunner):
 # ---------------------------------------------------------------------- CPU-mode GEMMs
 
 
-class _PackedLinearMethod(UnquantizedLinearMethod):
-    """vLLM's unquantized linear with the weight also blocked for IPEX's CPU GEMM
+class _PackedGEMM:
+    """The GEMM of a linear method on the weight also blocked for IPEX's CPU GEMM
     (device.cpu_linear); the plain weight stays for large batches and for readers."""
 
     def __init__(self, packed_weight: torch.Tensor) -> None:
@@ -128,16 +128,13 @@ class _PackedLinearMethod(UnquantizedLinearMethod):
         return device.cpu_linear(x, layer.weight, bias, self.packed_weight)
 
 
-class _PackedLMHeadMethod(UnquantizedEmbeddingMethod):
+class _PackedLinearMethod(_PackedGEMM, UnquantizedLinearMethod):
+    """vLLM's unquantized linear on the blocked weight."""
+
+
+class _PackedLMHeadMethod(_PackedGEMM, UnquantizedEmbeddingMethod):
     """The LM head's logits GEMM on the blocked weight; the embedding lookup of a tied
     embedding still reads the plain weight."""
-
-    def __init__(self, packed_weight: torch.Tensor) -> None:
-        super().__init__()
-        self.packed_weight = packed_weight
-
-    def apply(self, layer, x, bias=None):
-        return device.cpu_linear(x, layer.weight, bias, self.packed_weight)
 
 
 def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
