@@ -47,8 +47,10 @@ class PagedAttentionSetup:
             IPEXAttentionImpl,
             IPEXAttentionMetadata,
         )
+        from vllm_xpu_plugin.kernels import attention as attention_kernels
 
         self.device = device
+        self.attention_kernels = attention_kernels
         bs, hd = args.block_size, args.head_size
         self.hq, self.hkv, self.hd, self.bs = args.heads, args.kv_heads, hd, bs
         self.scale = 1.0 / math.sqrt(hd)
@@ -106,7 +108,7 @@ class PagedAttentionSetup:
         """IPEX's CPU decode kernel (one query per sequence), KV write included."""
         paged = self.device.ipex().llm.modules.PagedAttention
         key_cache, value_cache = self.kv_cache.unbind(0)
-        self.device.write_kv_cache(self.key, self.value, key_cache, value_cache,
+        self.attention.write_kv_cache(self.key, self.value, key_cache, value_cache,
                                    self.metadata.slot_mapping)
         paged.single_query_cached_kv_attention(
             self.output, self.query, key_cache, value_cache, self.head_mapping, self.scale,

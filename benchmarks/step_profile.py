@@ -146,11 +146,11 @@ def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
     the product's CPU-mode GEMM path on prepacked weights), interleaved."""
     import torch
 
-    from vllm_xpu_plugin import device
+    from vllm_xpu_plugin.kernels import gemm
 
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen).to(dtype) for k, n in shapes]
-    packed = [device.cpu_pack_linear_weight(w) for w in weights]
+    packed = [gemm.cpu_pack_linear_weight(w) for w in weights]
     inputs = {k: torch.randn(batch, k, generator=gen).to(dtype) for k, _ in shapes}
 
     def plain():
@@ -162,7 +162,7 @@ def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
             if p is None:
                 torch.nn.functional.linear(inputs[w.shape[1]], w)
             else:
-                device.cpu_linear(inputs[w.shape[1]], w, None, p)
+                gemm.cpu_linear(inputs[w.shape[1]], w, None, p)
 
     t = _common.compare({"plain": plain, "prepacked": prepacked}, rounds=rounds,
                         min_round_s=0.0, warmup=1)

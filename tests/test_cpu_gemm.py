@@ -1,4 +1,4 @@
-"""CPU mode's prepacked GEMM (device.cpu_pack_linear_weight / device.cpu_linear) against a
+"""CPU mode's prepacked GEMM (gemm.cpu_pack_linear_weight / gemm.cpu_linear) against a
 float64 F.linear on the plain weight, for every row count around the switch to torch's
 GEMM and the shapes of real models (odd row counts, a vocabulary-sized LM head)."""
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.kernels import gemm
 
 pytestmark = pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU-mode GEMM path")
 
@@ -25,7 +26,7 @@ def test_prepacked_linear_matches_reference(dtype, shape):
     out_features, in_features = shape
     weight = (torch.randn(out_features, in_features, generator=gen) * 0.05).to(dtype)
     bias = torch.randn(out_features, generator=gen).to(dtype)
-    packed = device.cpu_pack_linear_weight(weight)
+    packed = gemm.cpu_pack_linear_weight(weight)
     assert packed is not None
     plain_before = weight.clone()
     for rows in ROWS:
@@ -33,7 +34,7 @@ def test_prepacked_linear_matches_reference(dtype, shape):
         for b in (None, bias):
             ref = torch.nn.functional.linear(
                 x.double(), weight.double(), None if b is None else b.double())
-            got = device.cpu_linear(x, weight, b, packed)
+            got = gemm.cpu_linear(x, weight, b, packed)
             assert got.shape == ref.shape and got.dtype == dtype
             err = (got.double() - ref).abs().max() / ref.abs().max()
             assert err <= TOLERANCE[dtype], (rows, b is not None, float(err))
@@ -41,6 +42,6 @@ def test_prepacked_linear_matches_reference(dtype, shape):
 
 
 def test_shapes_tpp_cannot_take_are_left_to_torch():
-    assert device.cpu_pack_linear_weight(torch.randn(100, 64)) is None  # out % 16
-    assert device.cpu_pack_linear_weight(torch.randn(64, 100)) is None  # in % 64
-    assert device.cpu_pack_linear_weight(torch.randn(64, 64).half()) is None
+    assert gemm.cpu_pack_linear_weight(torch.randn(100, 64)) is None  # out % 16
+    assert gemm.cpu_pack_linear_weight(torch.randn(64, 100)) is None  # in % 64
+    assert gemm.cpu_pack_linear_weight(torch.randn(64, 64).half()) is None

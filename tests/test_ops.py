@@ -25,7 +25,7 @@ from vllm.model_executor.layers.activation import GeluAndMul, SiluAndMul  # noqa
 from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm  # noqa: E402
 from vllm.platforms import current_platform  # noqa: E402
 
-from vllm_xpu_plugin import device  # noqa: E402
+from vllm_xpu_plugin.kernels import norms  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOL = {
@@ -157,10 +157,10 @@ def test_in_tree_constructor_builds_ours_and_dispatches_forward_oot(make, ours_n
 
 
 def test_forward_reaches_the_device_kernel(monkeypatch):
-    """RMSNorm(...)(x) -> forward_oot -> device.rms_norm (fails if dispatch breaks)."""
+    """RMSNorm(...)(x) -> forward_oot -> norms.rms_norm (fails if dispatch breaks)."""
     calls = []
-    real = device.rms_norm
-    monkeypatch.setattr(device, "rms_norm", lambda *a: calls.append(1) or real(*a))
+    real = norms.rms_norm
+    monkeypatch.setattr(norms, "rms_norm", lambda *a: calls.append(1) or real(*a))
     norm = build(RMSNorm, 48)
     norm(randn(3, 48))
     assert calls == [1]
@@ -274,7 +274,7 @@ def test_rms_norm_strided_3d_view():
 
 
 def test_rms_norm_native_fallbacks(monkeypatch):
-    monkeypatch.setattr(device, "rms_norm", lambda *a: pytest.fail("IPEX used"))
+    monkeypatch.setattr(norms, "rms_norm", lambda *a: pytest.fail("IPEX used"))
     x = randn(5, 64, seed=6).view(1, 5, 64)
     # variance over the first 48 channels only
     norm = build(RMSNorm, 64, var_hidden_size=48)

@@ -128,10 +128,10 @@ def test_version_pairs():
 def test_head_size_and_dtype_checks():
     import torch
 
-    from vllm_xpu_plugin import device
+    from vllm_xpu_plugin.kernels import attention
     from vllm_xpu_plugin.startup_checks import dtype_problem, head_size_problem
 
-    sizes = device.attention_head_sizes()
+    sizes = attention.attention_head_sizes()
     assert head_size_problem(64, sizes, "cpu") is None
     assert head_size_problem(260, sizes, "cpu") is None
     assert "258" in head_size_problem(258, sizes, "cpu")

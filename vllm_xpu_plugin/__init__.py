@@ -48,10 +48,8 @@ def _fail_if_no_platform() -> None:
 
     problem = startup_checks.no_platform_problem()
     if problem:
-        from vllm_xpu_plugin.platform import PluginConfigError
-
         startup_checks.install_cli_error_formatter()
-        raise PluginConfigError(problem)
+        raise startup_checks.PluginConfigError(problem)
 
 
 def register_ops() -> None:

@@ -16,6 +16,8 @@ from vllm.logger import init_logger
 from vllm.platforms.interface import Platform, PlatformEnum, _Backend
 
 from vllm_xpu_plugin import device, envs, startup_checks
+from vllm_xpu_plugin.kernels import attention as attention_kernels
+from vllm_xpu_plugin.startup_checks import PluginConfigError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from vllm.config import ModelConfig, VllmConfig
@@ -27,10 +29,6 @@ ATTENTION_BACKEND = "vllm_xpu_plugin.attention.ipex_attn.IPEXAttentionBackend"
 WORKER_CLS = "vllm_xpu_plugin.worker.xpu_worker.XPUPluginWorker"
 DEFAULT_BLOCK_SIZE = 64
 SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
-
-
-class PluginConfigError(RuntimeError):
-    """A misconfiguration found at startup; its message is one actionable line."""
 
 
 def _device_setting_problem(requested: str) -> Optional[str]:
@@ -150,7 +148,7 @@ class XPUPluginPlatform(Platform):
             # line before any engine-core or worker process starts (issue 8).
             problem = (startup_checks.dtype_problem(model_config.dtype, cls.get_device_name())
                        or startup_checks.head_size_problem(model_config.get_head_size(),
-                                                           device.attention_head_sizes(),
+                                                           attention_kernels.attention_head_sizes(),
                                                            device.device_type()))
             if problem:
                 raise PluginConfigError(problem)

@@ -5,7 +5,7 @@ engine-core process that builds the workers. A problem first noticed in a worker
 head size) surfaces as two interleaved tracebacks and "Engine core initialization
 failed". So every check that only needs the config runs here, from the platform's
 ``pre_register_and_update`` / ``check_and_update_config``, and raises
-:class:`~vllm_xpu_plugin.platform.PluginConfigError`.
+:class:`PluginConfigError` (below).
 
 On the command line (``vllm serve``) :func:`install_cli_error_formatter` turns an uncaught
 ``PluginConfigError`` into ``vllm-xpu-plugin: error: <what to do>`` and a non-zero exit
@@ -21,6 +21,11 @@ from typing import Optional
 import torch
 
 ERROR_PREFIX = "vllm-xpu-plugin: error: "
+
+
+class PluginConfigError(RuntimeError):
+    """A misconfiguration found at startup; its message is one actionable line."""
+
 IPEX_DISTRIBUTION = "intel_extension_for_pytorch"
 
 
@@ -99,8 +104,6 @@ def _ranges(values: list[int]) -> str:
 
 def find_config_error(exc: Optional[BaseException]) -> Optional[BaseException]:
     """The PluginConfigError in ``exc``'s cause/context chain, or None."""
-    from vllm_xpu_plugin.platform import PluginConfigError
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, PluginConfigError):

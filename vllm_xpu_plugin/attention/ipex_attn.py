@@ -35,6 +35,7 @@ from vllm.v1.attention.backends.utils import (
 from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.kernels import attention as attention_kernels
 
 logger = init_logger(__name__)
 
@@ -69,7 +70,7 @@ class IPEXAttentionBackend(AttentionBackend):
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
-        return device.attention_head_sizes()
+        return attention_kernels.attention_head_sizes()
 
     @classmethod
     def validate_head_size(cls, head_size: int) -> None:
@@ -246,15 +247,15 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
 
         if self.kv_sharing_target_layer_name is None:
             if attn_metadata.kv_write_token_indices is None:
-                device.write_kv_cache(
+                attention_kernels.write_kv_cache(
                     key, value, key_cache, value_cache, attn_metadata.slot_mapping)
             else:
                 indices = attn_metadata.kv_write_token_indices
-                device.write_kv_cache(
+                attention_kernels.write_kv_cache(
                     key.index_select(0, indices), value.index_select(0, indices),
                     key_cache, value_cache, attn_metadata.kv_write_slot_mapping)
 
-        device.paged_attention_varlen(
+        attention_kernels.paged_attention_varlen(
             output_rows,
             query,
             key_cache,

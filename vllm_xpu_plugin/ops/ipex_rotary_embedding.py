@@ -31,7 +31,7 @@ from vllm.model_executor.layers.rotary_embedding import (
     YaRNScalingRotaryEmbedding,
 )
 
-from vllm_xpu_plugin import device
+from vllm_xpu_plugin.kernels import rotary
 from vllm_xpu_plugin.ops._common import keep_in_tree_name
 
 
@@ -53,7 +53,7 @@ class _IPEXRotaryForward:
             # Not the layout the kernels read (a future subclass changed it): stay exact.
             return self.forward_native(positions, query, key)  # type: ignore[attr-defined]
         self._match_cos_sin_cache_dtype(query)  # type: ignore[attr-defined]
-        return device.rotary_embedding(
+        return rotary.rotary_embedding(
             positions,
             query,
             key,
@@ -68,7 +68,7 @@ class _IPEXRotaryForward:
         # shares one rotary module across all layers, so this is once per model.
         cache = self.cos_sin_cache
         if getattr(self, "_kernel_table_source", None) is not cache:
-            self._kernel_table = device.rotary_kernel_table(cache, self.head_size)
+            self._kernel_table = rotary.rotary_kernel_table(cache, self.head_size)
             self._kernel_table_source = cache
         return self._kernel_table
 

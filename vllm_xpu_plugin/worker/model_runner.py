@@ -20,6 +20,7 @@ from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, structured_output
+from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.sample import XPUPluginSampler
 from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
 
@@ -36,7 +37,7 @@ class XPUPluginModelRunner(GPUModelRunner):
         self.use_cuda_graph = False
         if device.is_cpu_mode():
             self._alias_device_buffers_to_host()
-        # vLLM's sampler with the greedy pick on device.greedy_argmax (sample/).
+        # vLLM's sampler with the greedy pick on sampling.greedy_argmax (sample/).
         self.sampler = XPUPluginSampler(logprobs_mode=self.sampler.logprobs_mode)
         # Speculative decoding: vLLM's RejectionSampler is Triton-only (spec_decode/).
         if hasattr(self, "rejection_sampler"):
@@ -118,14 +119,14 @@ class XPUPluginModelRunner(GPUModelRunner):
 
 class _PackedGEMM:
     """The GEMM of a linear method on the weight also blocked for IPEX's CPU GEMM
-    (device.cpu_linear); the plain weight stays for large batches and for readers."""
+    (gemm.cpu_linear); the plain weight stays for large batches and for readers."""
 
     def __init__(self, packed_weight: torch.Tensor) -> None:
         super().__init__()
         self.packed_weight = packed_weight
 
     def apply(self, layer, x, bias=None):
-        return device.cpu_linear(x, layer.weight, bias, self.packed_weight)
+        return gemm.cpu_linear(x, layer.weight, bias, self.packed_weight)
 
 
 class _PackedLinearMethod(_PackedGEMM, UnquantizedLinearMethod):
@@ -151,7 +152,7 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
             continue
         if type(method) is UnquantizedEmbeddingMethod and not isinstance(module, ParallelLMHead):
             continue  # an input embedding: a lookup, no GEMM
-        blocked = device.cpu_pack_linear_weight(weight)
+        blocked = gemm.cpu_pack_linear_weight(weight)
         if blocked is None:
             continue
         if type(method) is UnquantizedLinearMethod:
@@ -160,4 +161,4 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
             module.quant_method = _PackedLMHeadMethod(blocked)
         packed += 1
     logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM for <= %d tokens",
-                packed, device.CPU_PACKED_GEMM_MAX_ROWS)
+                packed, gemm.CPU_PACKED_GEMM_MAX_ROWS)

@@ -1,0 +1,14 @@
+"""IPEX kernels, one module per kernel family; each module is the only place its family
+branches on the device (CPU mode vs Intel GPU), with XPU-only lines marked ``# XPU-only``.
+
+Device queries (which device, its memory, the KV-cache layout, the IPEX import) stay in
+:mod:`vllm_xpu_plugin.device`; kernels import it, never the other way round.
+
+- :mod:`.activations` SiLU/GELU-and-mul
+- :mod:`.norms` RMS norm, fused add + RMS norm
+- :mod:`.rotary` rotary embeddings
+- :mod:`.attention` paged attention (KV-cache write, varlen causal attention)
+- :mod:`.gemm` CPU mode's prepacked linear layers
+- :mod:`.sampling` the greedy pick
+- :mod:`.cpu_threads` CPU mode's one-thread rule for small kernels (shared by the families)
+"""

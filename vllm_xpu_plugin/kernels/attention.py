@@ -1,0 +1,103 @@
+"""Paged-attention kernels: KV-cache write and variable-length causal attention.
+
+The KV-cache tensors are in :func:`vllm_xpu_plugin.device.kv_cache_layout`."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_xpu_plugin import device
+from vllm_xpu_plugin.kernels.cpu_threads import cpu_small_op
+
+
+def attention_head_sizes() -> list[int]:
+    """Head sizes the paged-attention kernels are known to handle on this device."""
+    if device.is_cpu_mode():
+        # Measured: the CPU kernels match a plain-torch reference for every head size
+        # 1-259 and every multiple of 4 up to 1096, in fp32, bf16 and fp16.
+        return [*range(1, 257), *range(260, 1025, 4)]
+    # XPU-only: the list vLLM 0.11 enforces for the same IPEX varlen kernel on XPU.
+    return [32, 64, 96, 128, 160, 192, 224, 256]
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store token i's key/value [num_tokens, num_kv_heads, head_size] (strided views
+    allowed) at slot ``slot_mapping[i]``: block ``slot // block_size``, offset
+    ``slot % block_size``.
+
+    Every slot must be >= 0: the CPU kernel does not skip vLLM's padding slot -1, it
+    writes out of bounds (measured: heap corruption).
+    """
+    if device.is_cpu_mode():
+        # reshape_and_cache is the CPU kernel for the HND block layout; called directly (what
+        # PagedAttention.reshape_and_cache runs), it wants int32 slots.
+        if slot_mapping.dtype != torch.int32:
+            slot_mapping = slot_mapping.to(torch.int32)
+        cpu_small_op(key.numel(), device.ipex_ops().reshape_and_cache, key, value,
+                      key_cache, value_cache, slot_mapping, "auto", 1.0, 1.0)
+    else:
+        # XPU-only: the NHD block layout is the "flash" variant's (as in vLLM 0.11 on XPU).
+        device.ipex().llm.modules.PagedAttention.reshape_and_cache_flash(
+            key, value, key_cache, value_cache, slot_mapping, "auto", 1.0, 1.0
+        )
+
+
+def paged_attention_varlen(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_kv: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_kv: int,
+    scale: float,
+    block_table: torch.Tensor,
+    window_left: int = -1,
+    softcap: float = -1.0,
+) -> None:
+    """Causal attention of a batch of variable-length queries over their paged KV cache.
+
+    out/query: [num_tokens, num_heads, head_size] (query may be a strided view; out must
+    be contiguous). Sequence i's queries are rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``
+    and are the LAST tokens of its ``cu_seqlens_kv[i+1] - cu_seqlens_kv[i]`` cached
+    tokens (the causal mask is aligned bottom-right). cu_seqlens_* and block_table are
+    int32 (the CPU kernel rejects int64). num_heads may be a multiple of num_kv_heads
+    (GQA/MQA). window_left: a query at position p sees keys p - window_left .. p
+    (-1: unbounded). softcap: logits -> softcap * tanh(logits / softcap); -1 disables
+    it (0 does not: measured wrong results on CPU).
+    """
+    window_right = 0 if window_left >= 0 else -1
+    if device.is_cpu_mode():
+        # The kernel PagedAttention.flash_attn_varlen_func dispatches to, called directly.
+        device.ipex_ops().flash_attn_varlen_func(
+            out, query, key_cache, value_cache, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
+            max_seqlen_kv, scale, True, block_table, None, window_left, window_right, "auto",
+            1.0, 1.0, softcap)
+        return
+    query = query.contiguous()  # XPU-only: vLLM 0.11 hands the XPU kernel a contiguous q
+    device.ipex().llm.modules.PagedAttention.flash_attn_varlen_func(  # XPU-only
+        out,
+        query,
+        key_cache,
+        value_cache,
+        cu_seqlens_q,
+        cu_seqlens_kv,
+        max_seqlen_q,
+        max_seqlen_kv,
+        scale,
+        True,  # is_causal: the only mode the kernels implement
+        block_table,
+        None,  # alibi_slopes: unsupported, rejected when the backend is built
+        window_size_left=window_left,
+        window_size_right=window_right,
+        k_scale=1.0,
+        v_scale=1.0,
+        softcap=softcap,
+    )
