@@ -12,11 +12,11 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 import torch
-from vllm.logger import init_logger
 from vllm.platforms.interface import Platform, PlatformEnum, _Backend
 
 from vllm_xpu_plugin import device, envs, startup_checks
 from vllm_xpu_plugin.kernels import attention as attention_kernels
+from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.startup_checks import PluginConfigError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:

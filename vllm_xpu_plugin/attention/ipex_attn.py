@@ -26,7 +26,6 @@ from vllm.attention.backends.abstract import (
     AttentionType,
 )
 from vllm.config import VllmConfig
-from vllm.logger import init_logger
 from vllm.v1.attention.backends.utils import (
     AttentionCGSupport,
     AttentionMetadataBuilder,
@@ -36,6 +35,7 @@ from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_xpu_plugin import device
 from vllm_xpu_plugin.kernels import attention as attention_kernels
+from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
 

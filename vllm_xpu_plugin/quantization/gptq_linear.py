@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from vllm.logger import init_logger
 from vllm.model_executor.parameter import (
     ChannelQuantScaleParameter,
     GroupQuantScaleParameter,
@@ -22,6 +21,7 @@ from vllm.model_executor.parameter import (
 )
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.quantization import ipex_woq
 from vllm_xpu_plugin.quantization.settings import UnsupportedQuantizationError
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from vllm.logger import init_logger
 from vllm.v1.spec_decode.ngram_proposer import NgramProposer
+
+from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from vllm.logger import init_logger
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 from vllm.v1.sample.rejection_sampler import (
@@ -40,6 +39,8 @@ from vllm.v1.sample.rejection_sampler import (
     RejectionSampler,
 )
 from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
+
+from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from vllm.config import VllmConfig
-from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
@@ -21,6 +20,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, structured_output
 from vllm_xpu_plugin.kernels import gemm
+from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.sample import XPUPluginSampler
 from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
 

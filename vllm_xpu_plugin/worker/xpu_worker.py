@@ -10,12 +10,12 @@ import gc
 import os
 
 import torch
-from vllm.logger import init_logger
 from vllm.model_executor import set_random_seed
 from vllm.platforms import current_platform
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.worker.model_runner import XPUPluginModelRunner
 
 logger = init_logger(__name__)
