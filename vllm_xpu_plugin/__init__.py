@@ -5,7 +5,8 @@ Entry points (see pyproject.toml):
   GPU is usable or CPU mode is asked for (``VLLM_XPU_PLUGIN_DEVICE=cpu``), else ``None`` so
   an installed plugin never takes over a CUDA or CPU machine.
 - ``vllm.general_plugins``: :func:`register_ops` registers the custom ops and quantization
-  configs (runs in every vLLM process; idempotent).
+  configs when this plugin's platform is vLLM's current one, and nothing otherwise (vLLM
+  runs general plugins in every process, whatever the platform; idempotent).
 """
 
 from __future__ import annotations
@@ -52,9 +53,22 @@ def _fail_if_no_platform() -> None:
         raise startup_checks.PluginConfigError(problem)
 
 
+def _plugin_platform_is_current() -> bool:
+    """True when vLLM's current platform is this plugin's (resolving it if needed)."""
+    from vllm.platforms import current_platform
+
+    cls = type(current_platform)
+    return f"{cls.__module__}.{cls.__qualname__}" == PLATFORM_QUALNAME
+
+
 def register_ops() -> None:
-    """Register custom ops (``register_oot``) and quantization configs. Idempotent."""
+    """Register custom ops (``register_oot``) and quantization configs, only when this
+    plugin's platform is the current one: with CUDA or vLLM's CPU backend current, an
+    installed plugin changes nothing (``CustomOp.register_oot`` replaces a layer class for
+    every platform). Idempotent."""
     _fail_if_no_platform()
+    if not _plugin_platform_is_current():
+        return
     from vllm_xpu_plugin.ops import register_all_ops
 
     register_all_ops()
