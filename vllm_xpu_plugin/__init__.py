@@ -11,6 +11,9 @@ Entry points (see pyproject.toml):
 
 from __future__ import annotations
 
+# The one version source (pyproject.toml reads it; release tags are v<__version__>).
+__version__ = "0.2.0.dev0"
+
 PLATFORM_QUALNAME = "vllm_xpu_plugin.platform.XPUPluginPlatform"
 
 
