@@ -24,12 +24,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-# CPU mode unless the run targets a real Intel GPU (`make test-xpu` sets
-# VLLM_XPU_PLUGIN_TEST_DEVICE=xpu; then the plugin picks the GPU itself).
-if os.environ.get("VLLM_XPU_PLUGIN_TEST_DEVICE", "cpu").strip().lower() == "xpu":
+# The ONE place the test session's device mode is decided (issue 21): CPU mode unless the
+# run targets a real Intel GPU (`make test-xpu`, and the XPU tier's default-suite step, set
+# VLLM_XPU_PLUGIN_TEST_DEVICE=xpu; then the plugin picks the GPU itself). No test module
+# may set VLLM_XPU_PLUGIN_DEVICE at import: pytest_make_collect_report below fails the
+# session if one does (a module-level setdefault("...", "cpu") would otherwise put the
+# whole XPU run, and every server it spawns, in CPU mode). Tests that need the other mode
+# for one check use monkeypatch, which restores it.
+TEST_DEVICE = (
+    "xpu" if os.environ.get("VLLM_XPU_PLUGIN_TEST_DEVICE", "cpu").strip().lower() == "xpu"
+    else "cpu"
+)
+if TEST_DEVICE == "xpu":
     os.environ.pop("VLLM_XPU_PLUGIN_DEVICE", None)
 else:
     os.environ["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+SESSION_DEVICE_ENV = os.environ.get("VLLM_XPU_PLUGIN_DEVICE")
 # Workers are spawned, never forked from a process that has torch's thread pools running.
 os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 # Nothing may reach a model hub or phone home at run time.
@@ -45,6 +55,32 @@ os.environ.setdefault("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "1")
 # OMP_NUM_THREADS is left as the caller set it (CI: all cores of the machine).
 
 import pytest  # noqa: E402
+
+# Collectors (test modules) that changed VLLM_XPU_PLUGIN_DEVICE while being imported.
+_MODE_SWITCHERS: list[str] = []
+DEVICE_MODE_SWITCH_ERROR = "changed VLLM_XPU_PLUGIN_DEVICE at import"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Importing a test module happens inside its collection: compare the device-mode
+    variable before and after, put the session's value back, and remember the module."""
+    yield
+    if os.environ.get("VLLM_XPU_PLUGIN_DEVICE") != SESSION_DEVICE_ENV:
+        _MODE_SWITCHERS.append(
+            f"{collector.nodeid} (VLLM_XPU_PLUGIN_DEVICE="
+            f"{os.environ.get('VLLM_XPU_PLUGIN_DEVICE')!r})")
+        if SESSION_DEVICE_ENV is None:
+            os.environ.pop("VLLM_XPU_PLUGIN_DEVICE", None)
+        else:
+            os.environ["VLLM_XPU_PLUGIN_DEVICE"] = SESSION_DEVICE_ENV
+
+
+def pytest_collection_finish(session):
+    if _MODE_SWITCHERS:
+        raise pytest.UsageError(
+            f"test device {TEST_DEVICE!r} is decided in tests/conftest.py only; these "
+            f"modules {DEVICE_MODE_SWITCH_ERROR}: " + "; ".join(_MODE_SWITCHERS))
 
 
 @pytest.fixture(scope="session")

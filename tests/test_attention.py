@@ -5,27 +5,32 @@ cache laid out as the backend declares. The expected values come from a referenc
 never reads the KV cache: it attends over each request's full K/V tensors made by the
 test, so a wrong cache write, a wrong block lookup, a misaligned causal mask, a wrong
 window or soft cap all show up as a mismatch.
+
+The device is the session's (tests/conftest.py: CPU mode, or the Intel GPU when
+VLLM_XPU_PLUGIN_TEST_DEVICE=xpu); the test reads and writes the KV cache through
+:func:`vllm_xpu_plugin.device.kv_cache_layout`, never a hard-coded layout. The reference
+runs on the host in fp32.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
-os.environ["VLLM_XPU_PLUGIN_DEVICE"] = "cpu"
+import pytest
+import torch
+from vllm.attention.backends.abstract import AttentionType
+from vllm.v1.attention.backends.utils import CommonAttentionMetadata
+from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-from dataclasses import dataclass  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from vllm.attention.backends.abstract import AttentionType  # noqa: E402
-from vllm.v1.attention.backends.utils import CommonAttentionMetadata  # noqa: E402
-from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
-
-from vllm_xpu_plugin.attention.ipex_attn import (  # noqa: E402
+from vllm_xpu_plugin import device
+from vllm_xpu_plugin.attention.ipex_attn import (
     IPEXAttentionBackend,
     IPEXAttentionImpl,
     IPEXAttentionMetadataBuilder,
 )
+from vllm_xpu_plugin.kernels.attention import attention_head_sizes
+
+DEVICE = device.torch_device()
 
 # Per dtype: the kernels accumulate in fp32 and round the output once; 16-bit outputs of
 # magnitude ~1-3 are then off by up to a few ulps (bf16 ulp at 2 = 2**-7).
@@ -36,7 +41,11 @@ TOLERANCES = {
 }
 BLOCK_SIZES = (16, 32, 64, 128)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-HEAD_SIZE = 64
+HEAD_SIZE = 64  # the default; test_head_sizes covers the others
+# 64 and 128: most of the seed's models (every 7-8B one is 128); 80 (Phi-2) and 96 (Phi-3)
+# are not multiples of 64 (IPEX's XPU varlen wrapper pads those to the next one); 256:
+# Gemma.
+HEAD_SIZES = (64, 80, 96, 128, 256)
 PADDING_ROWS = 3  # rows past num_actual_tokens, as the runner's padded buffers have
 
 
@@ -67,18 +76,29 @@ class Batch:
     num_heads: int
     num_kv_heads: int
     dtype: torch.dtype
+    head_size: int
     query: torch.Tensor  # [tokens + padding, heads, head] strided view of a fused qkv
     key: torch.Tensor  # [tokens + padding, kv_heads, head] strided view
     value: torch.Tensor
     full_keys: list[torch.Tensor]  # per request [seq_len, kv_heads, head]
     full_values: list[torch.Tensor]
-    kv_cache: torch.Tensor  # [2, blocks, kv_heads, block_size, head] (CPU layout)
+    kv_cache: torch.Tensor  # the backend's get_kv_cache_shape (device's layout)
     block_table: torch.Tensor  # [reqs, max_blocks] int32
     slot_mapping: torch.Tensor  # [tokens] int64
 
     @property
     def num_tokens(self) -> int:
         return sum(r.query_len for r in self.requests)
+
+
+def token_major(kv_cache: torch.Tensor) -> torch.Tensor:
+    """A [2, blocks, block_size, kv_heads, head] view of a cache in the device's layout
+    (writes through it land in the cache)."""
+    layout = device.kv_cache_layout()
+    if layout == "HND":  # [2, blocks, kv_heads, block_size, head]
+        return kv_cache.transpose(2, 3)
+    assert layout == "NHD", layout  # [2, blocks, block_size, kv_heads, head]
+    return kv_cache
 
 
 def cache_rows(block_table_row: torch.Tensor, positions: torch.Tensor, block_size: int):
@@ -94,7 +114,9 @@ def make_batch(
     dtype=torch.float32,
     query_gain=1.0,
     seed=0,
+    head_size=HEAD_SIZE,
 ) -> Batch:
+    """Built on the host, then moved to DEVICE (the K/V references stay on the host)."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -111,42 +133,48 @@ def make_batch(
         start += n
 
     shape = IPEXAttentionBackend.get_kv_cache_shape(num_blocks, block_size, num_kv_heads,
-                                                    HEAD_SIZE)
+                                                    head_size)
     # Large garbage in unused slots: reading any of them changes the result visibly.
     kv_cache = (torch.randn(*shape, generator=gen) * 100).to(dtype)
 
     num_tokens = sum(r.query_len for r in requests)
-    qkv_width = (num_heads + 2 * num_kv_heads) * HEAD_SIZE
+    qkv_width = (num_heads + 2 * num_kv_heads) * head_size
     qkv = torch.zeros(num_tokens + PADDING_ROWS, qkv_width, dtype=dtype)
-    query = qkv[:, : num_heads * HEAD_SIZE].view(-1, num_heads, HEAD_SIZE)
-    key = qkv[:, num_heads * HEAD_SIZE : (num_heads + num_kv_heads) * HEAD_SIZE].view(
-        -1, num_kv_heads, HEAD_SIZE)
-    value = qkv[:, (num_heads + num_kv_heads) * HEAD_SIZE :].view(-1, num_kv_heads, HEAD_SIZE)
+    query = qkv[:, : num_heads * head_size].view(-1, num_heads, head_size)
+    key = qkv[:, num_heads * head_size : (num_heads + num_kv_heads) * head_size].view(
+        -1, num_kv_heads, head_size)
+    value = qkv[:, (num_heads + num_kv_heads) * head_size :].view(-1, num_kv_heads, head_size)
 
     full_keys, full_values, slots = [], [], []
     token = 0
     for i, r in enumerate(requests):
         seq_len = r.context_len + r.query_len
-        k, v = randn(seq_len, num_kv_heads, HEAD_SIZE), randn(seq_len, num_kv_heads, HEAD_SIZE)
+        k, v = randn(seq_len, num_kv_heads, head_size), randn(seq_len, num_kv_heads, head_size)
         full_keys.append(k)
         full_values.append(v)
         # The context is in the cache already (written here by plain indexing) ...
         blocks, offsets = cache_rows(block_table[i], torch.arange(r.context_len), block_size)
-        kv_cache[0, blocks, :, offsets, :] = k[: r.context_len]
-        kv_cache[1, blocks, :, offsets, :] = v[: r.context_len]
+        token_major(kv_cache)[0, blocks, offsets] = k[: r.context_len]
+        token_major(kv_cache)[1, blocks, offsets] = v[: r.context_len]
         # ... the new tokens come in as the layer's key/value inputs.
         rows = slice(token, token + r.query_len)
         key[rows] = k[r.context_len :]
         value[rows] = v[r.context_len :]
-        query[rows] = randn(r.query_len, num_heads, HEAD_SIZE) * query_gain
+        query[rows] = randn(r.query_len, num_heads, head_size) * query_gain
         blocks, offsets = cache_rows(block_table[i], torch.arange(r.context_len, seq_len),
                                      block_size)
         slots.append(blocks * block_size + offsets)
         token += r.query_len
-    query[num_tokens:] = randn(PADDING_ROWS, num_heads, HEAD_SIZE)
+    query[num_tokens:] = randn(PADDING_ROWS, num_heads, head_size)
 
-    return Batch(requests, block_size, num_heads, num_kv_heads, dtype, query, key, value,
-                 full_keys, full_values, kv_cache, block_table, torch.cat(slots))
+    qkv = qkv.to(DEVICE)
+    query = qkv[:, : num_heads * head_size].view(-1, num_heads, head_size)
+    key = qkv[:, num_heads * head_size : (num_heads + num_kv_heads) * head_size].view(
+        -1, num_kv_heads, head_size)
+    value = qkv[:, (num_heads + num_kv_heads) * head_size :].view(-1, num_kv_heads, head_size)
+    return Batch(requests, block_size, num_heads, num_kv_heads, dtype, head_size, query, key,
+                 value, full_keys, full_values, kv_cache.to(DEVICE), block_table.to(DEVICE),
+                 torch.cat(slots).to(DEVICE))
 
 
 def common_metadata(batch: Batch) -> CommonAttentionMetadata:
@@ -157,10 +185,10 @@ def common_metadata(batch: Batch) -> CommonAttentionMetadata:
     query_start_loc = torch.zeros(len(batch.requests) + 1, dtype=torch.int32)
     query_start_loc[1:] = torch.cumsum(query_lens, 0)
     return CommonAttentionMetadata(
-        query_start_loc=query_start_loc,
-        query_start_loc_cpu=query_start_loc.clone(),
-        seq_lens=seq_lens,
-        seq_lens_cpu=seq_lens.clone(),
+        query_start_loc=query_start_loc.to(DEVICE),
+        query_start_loc_cpu=query_start_loc,
+        seq_lens=seq_lens.to(DEVICE),
+        seq_lens_cpu=seq_lens,
         num_computed_tokens_cpu=context_lens,
         num_reqs=len(batch.requests),
         num_actual_tokens=batch.num_tokens,
@@ -174,18 +202,18 @@ def common_metadata(batch: Batch) -> CommonAttentionMetadata:
 def run_backend(batch: Batch, slot_mapping=None, **impl_kwargs) -> torch.Tensor:
     """Build metadata with the backend's builder and run its impl; returns the output."""
     spec = FullAttentionSpec(block_size=batch.block_size, num_kv_heads=batch.num_kv_heads,
-                             head_size=HEAD_SIZE, dtype=batch.dtype,
+                             head_size=batch.head_size, dtype=batch.dtype,
                              sliding_window=impl_kwargs.get("sliding_window"))
     # The builder reads nothing from the VllmConfig.
-    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, torch.device("cpu"))
+    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, DEVICE)
     common = common_metadata(batch)
     if slot_mapping is not None:
         common.slot_mapping = slot_mapping
     metadata = builder.build(common_prefix_len=0, common_attn_metadata=common)
     impl = IPEXAttentionImpl(
         num_heads=batch.num_heads,
-        head_size=HEAD_SIZE,
-        scale=HEAD_SIZE**-0.5,
+        head_size=batch.head_size,
+        scale=batch.head_size**-0.5,
         num_kv_heads=batch.num_kv_heads,
         alibi_slopes=None,
         sliding_window=impl_kwargs.get("sliding_window"),
@@ -210,10 +238,10 @@ def reference_attention(batch: Batch, sliding_window=None, logits_soft_cap=None)
     group = batch.num_heads // batch.num_kv_heads
     outputs, token = [], 0
     for r, k, v in zip(batch.requests, batch.full_keys, batch.full_values, strict=True):
-        q = batch.query[token : token + r.query_len].float()
+        q = batch.query[token : token + r.query_len].float().cpu()
         k = k.float().repeat_interleave(group, dim=1)
         v = v.float().repeat_interleave(group, dim=1)
-        logits = torch.einsum("qhd,khd->hqk", q, k) * HEAD_SIZE**-0.5
+        logits = torch.einsum("qhd,khd->hqk", q, k) * batch.head_size**-0.5
         if logits_soft_cap:
             logits = logits_soft_cap * torch.tanh(logits / logits_soft_cap)
         query_pos = torch.arange(r.context_len, r.context_len + r.query_len)[:, None]
@@ -234,13 +262,13 @@ def expected_cache(batch: Batch, initial_cache: torch.Tensor, skip_tokens=()) ->
         if token in skip_tokens:
             continue
         block, offset = divmod(slot, batch.block_size)
-        cache[0, block, :, offset] = batch.key[token]
-        cache[1, block, :, offset] = batch.value[token]
+        token_major(cache)[0, block, offset] = batch.key[token]
+        token_major(cache)[1, block, offset] = batch.value[token]
     return cache
 
 
 def assert_close(actual, expected, dtype):
-    torch.testing.assert_close(actual.float(), expected.float(), **TOLERANCES[dtype])
+    torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), **TOLERANCES[dtype])
 
 
 def check_step(batch: Batch, **features):
@@ -256,18 +284,33 @@ def check_step(batch: Batch, **features):
 # --------------------------------------------------------------------------- layout
 
 
-def test_kv_cache_shape_is_the_cpu_kernels_layout():
+def test_kv_cache_shape_is_the_devices_layout():
+    """The backend's shape is device.kv_cache_shape, i.e. the layout its kernels read."""
+    assert IPEXAttentionBackend.get_kv_cache_shape(7, 16, 2, 64) == device.kv_cache_shape(
+        7, 16, 2, 64)
+    assert IPEXAttentionBackend.get_kv_cache_stride_order() == (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("mode, layout, shape", [
     # Measured: the CPU kernels read [num_blocks, num_kv_heads, block_size, head_size];
     # any other layout crashes reshape_and_cache or silently corrupts attention.
-    assert IPEXAttentionBackend.get_kv_cache_shape(7, 16, 2, 64) == (2, 7, 2, 16, 64)
-    assert IPEXAttentionBackend.get_kv_cache_stride_order() == (0, 1, 2, 3, 4)
+    ("cpu", "HND", (2, 7, 2, 16, 64)),
+    # IPEX 2.8.10+xpu reshape_and_cache_flash / chunked_prefill read block_size as
+    # key_cache.size(1) (tests/xpu_call_surface.py has the source lines).
+    ("xpu", "NHD", (2, 7, 16, 2, 64)),
+])
+def test_kv_cache_layout_per_device(monkeypatch, mode, layout, shape):
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_DEVICE", mode)  # pure functions: no device touched
+    assert device.kv_cache_layout() == layout
+    assert device.kv_cache_shape(7, 16, 2, 64) == shape
+    assert IPEXAttentionBackend.get_kv_cache_shape(7, 16, 2, 64) == shape
 
 
 def test_builder_passes_cumulative_kv_lengths():
     batch = make_batch()
     spec = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=HEAD_SIZE,
                              dtype=torch.float32)
-    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, torch.device("cpu"))
+    builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, DEVICE)
     metadata = builder.build(0, common_metadata(batch))
     seq_lens = [r.context_len + r.query_len for r in batch.requests]
     running = [sum(seq_lens[:i]) for i in range(len(seq_lens) + 1)]
@@ -318,6 +361,26 @@ def test_sliding_window_with_soft_cap_mqa():
     check_step(batch, sliding_window=32, logits_soft_cap=10.0)
 
 
+@pytest.mark.parametrize("head_size", HEAD_SIZES)
+def test_head_sizes(head_size):
+    """The mixed batch at each head size of the seed's models, bf16 (their dtype). A head
+    size outside this device's kernel list must be refused when the layer is built
+    (80 on XPU), never computed."""
+    batch = make_batch(block_size=16, dtype=torch.bfloat16, seed=head_size,
+                       head_size=head_size)
+    if head_size not in attention_head_sizes():
+        with pytest.raises(ValueError, match=f"head size {head_size} is not supported"):
+            run_backend(batch)
+        return
+    check_step(batch)
+
+
+def test_head_size_128_with_32_query_and_8_kv_heads():
+    """A 7-8B model's attention shape (Llama-3.1-8B, Qwen2-7B: 32 x 128 query, 8 KV heads)."""
+    check_step(make_batch(block_size=64, num_heads=32, num_kv_heads=8, dtype=torch.bfloat16,
+                          seed=7, head_size=128))
+
+
 # --------------------------------------------------------------------------- cache writes
 
 
@@ -350,10 +413,11 @@ def test_kv_sharing_layer_reads_but_does_not_write_the_cache():
 
 def test_profiling_run_without_metadata_returns_the_output_untouched():
     impl = IPEXAttentionImpl(8, HEAD_SIZE, HEAD_SIZE**-0.5, 2)
-    output = torch.zeros(4, 8, HEAD_SIZE)
-    query = torch.randn(4, 8, HEAD_SIZE)
-    key = value = torch.randn(4, 2, HEAD_SIZE)
-    assert impl.forward(None, query, key, value, torch.empty(0), None, output=output) is output
+    output = torch.zeros(4, 8, HEAD_SIZE, device=DEVICE)
+    query = torch.randn(4, 8, HEAD_SIZE, device=DEVICE)
+    key = value = torch.randn(4, 2, HEAD_SIZE, device=DEVICE)
+    empty = torch.empty(0, device=DEVICE)
+    assert impl.forward(None, query, key, value, empty, None, output=output) is output
     assert torch.count_nonzero(output) == 0
 
 

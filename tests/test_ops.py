@@ -12,20 +12,17 @@ Inputs are random normal with a fixed seed.
 from __future__ import annotations
 
 import math
-import os
 
-os.environ.setdefault("VLLM_XPU_PLUGIN_DEVICE", "cpu")  # before vLLM picks a platform
+import pytest
+import torch
+from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
+from vllm.model_executor.custom_op import CustomOp
+from vllm.model_executor.layers import rotary_embedding as rope_mod
+from vllm.model_executor.layers.activation import GeluAndMul, SiluAndMul
+from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
+from vllm.platforms import current_platform
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config  # noqa: E402
-from vllm.model_executor.custom_op import CustomOp  # noqa: E402
-from vllm.model_executor.layers import rotary_embedding as rope_mod  # noqa: E402
-from vllm.model_executor.layers.activation import GeluAndMul, SiluAndMul  # noqa: E402
-from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm  # noqa: E402
-from vllm.platforms import current_platform  # noqa: E402
-
-from vllm_xpu_plugin.kernels import norms  # noqa: E402
+from vllm_xpu_plugin.kernels import norms
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOL = {

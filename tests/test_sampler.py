@@ -6,14 +6,10 @@ to hit its rules: first maximal index on ties, NaN counts as the maximum, -inf r
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ.setdefault("VLLM_XPU_PLUGIN_DEVICE", "cpu")  # before vLLM picks a platform
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from vllm_xpu_plugin.sample import XPUPluginSampler  # noqa: E402
+from vllm_xpu_plugin.sample import XPUPluginSampler
 
 
 def _logits(rows: int, vocab: int, seed: int) -> torch.Tensor:
