@@ -32,9 +32,8 @@ class XPUPluginModelRunner(GPUModelRunner):
     def __init__(self, vllm_config: VllmConfig, device_: torch.device):
         with device.cuda_api_redirect():
             super().__init__(vllm_config, device_)
-        # Cascade attention and CUDA graphs are FlashAttention/CUDA features.
+        # Cascade attention is a FlashAttention feature.
         self.cascade_attn_enabled = False
-        self.use_cuda_graph = False
         if device.is_cpu_mode():
             self._alias_device_buffers_to_host()
         # vLLM's sampler with the greedy pick on sampling.greedy_argmax (sample/).

@@ -1,0 +1,277 @@
+"""The coupling catalogue: every private or unstable vLLM / IPEX / library surface the plugin
+relies on, where, why, and what would remove it (the idea of vllm-ascend's
+``patch/__init__.py`` and vllm-metal's "remove when" tags, as data).
+
+:func:`problems` checks each entry against the installed packages (name exists, parameter
+names, op schema arity). ``tests/test_vllm_compat.py`` runs it, so a vLLM or IPEX upgrade
+that moves a surface fails one named test instead of a model run; ``docs/dev/vllm_coupling.md``
+is generated from this list (``python -m vllm_xpu_plugin.coupling > docs/dev/vllm_coupling.md``)
+and a test keeps it current. Add a row whenever the plugin starts to touch a private name,
+overrides a vLLM method, or reaches into another package's internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Coupling:
+    # "package.module:Qualified.name", or "torch.ops.torch_ipex.<op>" for kind "op".
+    surface: str
+    # callable: signature parameter names == expect
+    # attribute: the object exists (class attribute, module attribute)
+    # init-assigns: Owner.__init__'s source assigns each name in expect ("self.<name> =")
+    # instance-has: Owner() (built with no arguments) has each attribute in expect
+    # cuda-calls: every torch.cuda.<name> the callable's source uses is in expect
+    # fields: the dataclass has each field in expect
+    # op: the torch op exists and its schema has expect[0] arguments
+    kind: str
+    expect: tuple = ()
+    where: str = ""
+    why: str = ""
+    remove_when: str = ""
+
+
+_RUNNER = "vllm.v1.worker.gpu_model_runner:GPUModelRunner"
+_PLATFORM = "vllm.platforms.interface:Platform"
+
+CATALOGUE: tuple[Coupling, ...] = (
+    # ------------------------------------------------------------------ vLLM: model runner
+    Coupling(f"{_RUNNER}._sample", "callable", ("self", "logits", "spec_decode_metadata"),
+             "worker/model_runner.py",
+             "applies the grammar bitmask in torch just before vLLM samples (xgrammar's own "
+             "apply is float32-only on CPU and torch.compile'd elsewhere)",
+             "vLLM exposes a bitmask-apply hook or xgrammar's apply works on this device"),
+    Coupling(f"{_RUNNER}._to_list", "callable", ("self", "sampled_token_ids"),
+             "worker/model_runner.py",
+             "the base copies through a pinned buffer and a CUDA event; on the host "
+             "tolist() is the whole job",
+             "vLLM's runner skips the pinned copy for host tensors"),
+    Coupling(f"{_RUNNER}._sync_device", "callable", ("self",), "worker/model_runner.py",
+             "the base calls torch.cuda.synchronize()", "vLLM routes it through the platform"),
+    Coupling(f"{_RUNNER}._init_device_properties", "callable", ("self",),
+             "worker/model_runner.py", "the base reads CUDA device properties (num_sms)",
+             "vLLM asks the platform for device properties"),
+    Coupling(f"{_RUNNER}.get_dp_padding", "callable", ("self", "num_tokens"),
+             "worker/model_runner.py",
+             "no CUDA graphs: data-parallel ranks need no common padded batch size",
+             "vLLM skips DP padding when CUDA graphs are off"),
+    Coupling(f"{_RUNNER}.may_reinitialize_input_batch", "callable",
+             ("self", "kv_cache_config"), "worker/model_runner.py",
+             "re-aliases host/device buffers of a rebuilt InputBatch in CPU mode",
+             "vLLM's CPU runner stops keeping separate host and device buffers"),
+    Coupling(f"{_RUNNER}.execute_model", "callable",
+             ("self", "scheduler_output", "intermediate_tensors"), "worker/model_runner.py",
+             "takes the grammar bitmask off the SchedulerOutput before vLLM applies it",
+             "as for _sample"),
+    Coupling(f"{_RUNNER}.load_model", "callable", ("self", "eep_scale_up"),
+             "worker/model_runner.py", "prepacks CPU-mode GEMM weights after loading",
+             "IPEX-prepacked linear methods chosen by the platform at layer build time"),
+    Coupling(f"{_RUNNER}.__init__", "init-assigns",
+             ("sampler", "rejection_sampler", "drafter", "cascade_attn_enabled",
+              "input_batch"),
+             "worker/model_runner.py",
+             "the runner replaces the sampler (greedy pick on the device kernel) and the "
+             "Triton rejection sampler, warms up the ngram drafter, disables cascade attention",
+             "a platform hook for the sampler / rejection sampler classes"),
+    Coupling(f"{_RUNNER}.__init__", "cuda-calls",
+             ("Event", "Stream", "current_stream", "default_stream", "stream"),
+             "device.cuda_api_redirect",
+             "GPUModelRunner.__init__ builds torch.cuda.Event / Stream objects; the plugin "
+             "points those names at the device's equivalents while it runs",
+             "vLLM builds events and streams through current_platform"),
+    Coupling("vllm.v1.utils:CpuGpuBuffer.__init__", "callable",
+             ("self", "size", "dtype", "device", "pin_memory", "with_numpy"),
+             "worker/model_runner.py (_alias_device_buffers_to_host)",
+             "CPU mode points each buffer's .gpu at its .cpu: no per-step host-to-host copy",
+             "vLLM's GPU runner learns that the device is the host"),
+    Coupling("vllm.v1.worker.gpu_input_batch:InputBatch.__init__", "init-assigns",
+             ("token_ids_cpu_tensor", "temperature_cpu_tensor", "top_p_cpu_tensor",
+              "top_k_cpu_tensor"),
+             "worker/model_runner.py (_alias_device_buffers_to_host)",
+             "the <name>_cpu_tensor / <name> pairs are aliased in CPU mode", "as above"),
+    Coupling("vllm.v1.worker.block_table:MultiGroupBlockTable.__init__", "init-assigns",
+             ("block_tables",), "worker/model_runner.py (_alias_device_buffers_to_host)",
+             "each group's block table buffers are aliased in CPU mode", "as above"),
+    Coupling("vllm.v1.core.sched.output:SchedulerOutput", "fields",
+             ("grammar_bitmask", "structured_output_request_ids",
+              "scheduled_spec_decode_tokens"),
+             "structured_output/grammar_bitmask.py",
+             "the bitmask rows are matched to the logits rows by the plugin",
+             "as for GPUModelRunner._sample"),
+    # ------------------------------------------------------------------ vLLM: worker
+    Coupling("vllm.v1.worker.gpu_worker:init_worker_distributed_environment", "callable",
+             ("vllm_config", "rank", "distributed_init_method", "local_rank", "backend"),
+             "worker/xpu_worker.py", "the plugin's init_device calls it with its backend",
+             "a public worker-init helper in vLLM"),
+    Coupling("vllm.v1.worker.gpu_worker:Worker.determine_available_memory", "callable",
+             ("self",), "worker/xpu_worker.py",
+             "CPU mode: a fixed budget; XPU: profiled with torch.xpu memory stats",
+             "vLLM profiles memory through the platform"),
+    Coupling("vllm.v1.worker.gpu_worker:Worker.init_device", "callable", ("self",),
+             "worker/xpu_worker.py", "the base is CUDA-only", "never (device-specific)"),
+    Coupling(f"{_RUNNER}.profile_run", "callable", ("self",), "worker/xpu_worker.py",
+             "the XPU memory profile runs vLLM's dummy forward", "as above"),
+    # ------------------------------------------------------------------ vLLM: platform
+    *(Coupling(f"{_PLATFORM}.{name}", "callable", params, "platform.py",
+               "overridden by XPUPluginPlatform; a renamed parameter would silently stop "
+               "matching vLLM's keyword calls", "never (the platform interface)")
+      for name, params in (
+          ("pre_register_and_update", ("parser",)),
+          ("check_and_update_config", ("vllm_config",)),
+          ("validate_request", ("prompt", "params", "processed_inputs")),
+          ("get_attn_backend_cls", ("selected_backend", "head_size", "dtype",
+                                    "kv_cache_dtype", "block_size", "use_v1", "use_mla",
+                                    "has_sink", "use_sparse")),
+          ("get_punica_wrapper", ()),
+          ("get_device_communicator_cls", ()),
+          ("is_kv_cache_dtype_supported", ("kv_cache_dtype", "model_config")),
+          ("check_if_supports_dtype", ("torch_dtype",)),
+          ("verify_quantization", ("quant",)),
+          ("get_vit_attn_backend", ("head_size", "dtype")),
+          ("get_current_memory_usage", ("device",)),
+      )),
+    Coupling("vllm.platforms.interface:_Backend", "attribute", (), "platform.py",
+             "the attention-backend enum in get_attn_backend_cls's signature",
+             "vLLM makes the enum public"),
+    Coupling("argparse:ArgumentParser", "instance-has", ("_actions",),
+             "platform.py (pre_register_and_update)",
+             "adds --device only if vLLM's parser does not already have it",
+             "vLLM's parser exposes its option names"),
+    # ------------------------------------------------------------------ vLLM: layers / ops
+    Coupling("vllm.model_executor.custom_op:CustomOp.register_oot", "callable",
+             ("_decorated_op_cls", "name"), "ops/*.py",
+             "one IPEX subclass per op (vllm-gaudi's pattern)", "never (the OOT op API)"),
+    Coupling("vllm.model_executor.custom_op:CustomOp.op_registry_oot", "attribute", (),
+             "ops/_common.py", "keeps the in-tree op name for -op opt-outs",
+             "vLLM keys OOT ops by the in-tree name"),
+    Coupling("vllm.model_executor.layers.rotary_embedding:"
+             "RotaryEmbedding._match_cos_sin_cache_dtype", "callable", ("self", "query"),
+             "ops/ipex_rotary_embedding.py",
+             "the cos/sin cache follows the query's device and dtype as in forward_native",
+             "vLLM moves the cache once at load"),
+    Coupling("vllm.v1.spec_decode.ngram_proposer:NgramProposer.propose", "callable",
+             ("self", "sampled_token_ids", "req_ids", "num_tokens_no_spec", "token_ids_cpu",
+              "spec_decode_unsupported_reqs"),
+             "spec_decode/ngram_setup.py", "a warm-up call compiles numba's kernel at startup",
+             "vLLM warms the proposer up itself"),
+    Coupling("numba.np.ufunc.parallel:_is_initialized", "attribute", (),
+             "spec_decode/ngram_setup.py",
+             "numba's threading layer must be chosen before its first parallel launch",
+             "vLLM's ngram proposer stops using numba's parallel loops"),
+    Coupling("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_top_p", "attribute", (),
+             "spec_decode/rejection_sampler.py", "the torch rejection sampler's top-k/top-p",
+             "vLLM's rejection sampler runs without Triton"),
+    # ------------------------------------------------------------------ IPEX (CPU build)
+    Coupling("intel_extension_for_pytorch.nn.utils._weight_prepack:"
+             "Apply_TPPLinear_weight_prepack", "callable", ("m", "dtype", "device"),
+             "kernels/gemm.py", "IPEX's own weight blocking for its TPP GEMM (CPU mode)",
+             "IPEX exposes a public prepack API, or CPU mode drops prepacked GEMMs"),
+    *(Coupling(f"torch.ops.torch_ipex.{op}", "op", (nargs,), where,
+               "the kernel IPEX's Python wrapper dispatches to, called directly (skips its "
+               "per-call Python dispatch: measured in docs/performance.md)",
+               "IPEX's public wrapper gets cheap enough, or the schema changes")
+      for op, nargs, where in (
+          ("tpp_linear", 3, "kernels/gemm.py"),
+          ("tpp_linear_bias", 4, "kernels/gemm.py"),
+          ("rmsnorm", 3, "kernels/norms.py"),
+          ("add_rmsnorm", 5, "kernels/norms.py"),
+          ("rotary_position_embedding", 7, "kernels/rotary.py"),
+          ("reshape_and_cache", 8, "kernels/attention.py"),
+          ("flash_attn_varlen_func", 18, "kernels/attention.py"),
+      )),
+    Coupling("torch.nn:Module", "instance-has", ("_parameters",),
+             "quantization/ipex_woq.py", "drops the checkpoint's packed int4 tensors once IPEX "
+             "holds its own copy", "vLLM's weight loader hands IPEX the tensors directly"),
+)
+
+
+def _resolve(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split(".") if qualname else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _init_source(owner: Any) -> str:
+    return inspect.getsource(owner.__init__ if inspect.isclass(owner) else owner)
+
+
+def problem(entry: Coupling) -> Optional[str]:
+    """Why the installed packages no longer offer ``entry``, or None."""
+    try:
+        if entry.kind == "op":
+            import torch
+
+            from vllm_xpu_plugin import device
+
+            device.ipex()  # registers torch.ops.torch_ipex
+            name = entry.surface.rsplit(".", 1)[1]
+            schema = getattr(torch.ops.torch_ipex, name).default._schema
+            if len(schema.arguments) != entry.expect[0]:
+                return f"schema changed: {schema}"
+            return None
+        if entry.kind == "init-assigns":
+            source = _init_source(_resolve(entry.surface.removesuffix(".__init__")))
+            missing = [n for n in entry.expect if not re.search(rf"self\.{n}\s*[:=]", source)]
+            return f"no longer assigns {missing}" if missing else None
+        obj = _resolve(entry.surface)
+        if entry.kind == "instance-has":
+            missing = [n for n in entry.expect if not hasattr(obj(), n)]
+            return f"instances lack {missing}" if missing else None
+        if entry.kind == "cuda-calls":
+            used = set(re.findall(r"torch\.cuda\.(\w+)", inspect.getsource(obj)))
+            extra = sorted(used - set(entry.expect))
+            return f"also uses torch.cuda.{extra} (not redirected)" if extra else None
+        if entry.kind == "callable":
+            params = tuple(inspect.signature(obj).parameters)
+            return None if params == entry.expect else f"parameters {params} != {entry.expect}"
+        if entry.kind == "fields":
+            names = {f.name for f in dataclasses.fields(obj)}
+            missing = [n for n in entry.expect if n not in names]
+            return f"no fields {missing}" if missing else None
+        if entry.kind == "attribute":
+            return None
+        return f"unknown kind {entry.kind!r}"
+    except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def problems() -> dict[str, str]:
+    """``{surface: problem}`` for every catalogue entry the installed packages break."""
+    found = {}
+    for entry in CATALOGUE:
+        why = problem(entry)
+        if why:
+            found[f"{entry.surface} ({entry.kind})"] = why
+    return found
+
+
+def markdown() -> str:
+    lines = [
+        "# Coupling catalogue: private vLLM / IPEX surfaces the plugin relies on",
+        "",
+        "Generated from `vllm_xpu_plugin/coupling.py` "
+        "(`python -m vllm_xpu_plugin.coupling > docs/dev/vllm_coupling.md`); "
+        "`tests/test_vllm_compat.py` checks every row against the installed vLLM 0.11.0 / "
+        "IPEX 2.8 and that this page is current. Upgrading vLLM or IPEX: run that test "
+        "first; each failure names the surface to revisit.",
+        "",
+        "| surface | checked | used in | why | remove when |",
+        "|---|---|---|---|---|",
+    ]
+    for e in CATALOGUE:
+        checked = e.kind if not e.expect else f"{e.kind}: {', '.join(map(str, e.expect))}"
+        lines.append(f"| `{e.surface}` | {checked} | {e.where} | {e.why} | {e.remove_when} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
