@@ -1,6 +1,6 @@
 """vLLM v1 attention backend on IPEX PagedAttention kernels.
 
-Every batch - decodes, prefills, chunked prefills and prefix-cache hits, mixed in any
+Decoder self-attention: every batch - decodes, prefills, chunked prefills and prefix-cache hits, mixed in any
 order - takes one path: the new tokens' K/V are written into the paged cache, then one
 ``flash_attn_varlen_func`` call attends each sequence's queries over its whole cached
 context. No batch reordering is needed.
@@ -9,6 +9,11 @@ The single-query decode kernel is not used: on CPU it was slower than the varlen
 for small decode batches (about 2x at 1-8 sequences) and faster only for large ones
 (1.1-2.5x at 32-64 sequences x 1-2k tokens); XPU has a different decode kernel that
 cannot be measured here. One path keeps CPU mode a faithful test of the XPU one.
+
+Encoder-only attention (BERT-style embedders and cross-encoders, attn_type ENCODER_ONLY):
+bidirectional over each whole prompt, no KV cache, on IPEX's non-paged varlen kernel
+(attention/encoder_only.py). vLLM's EncoderOnlyAttention layer subclasses this backend with a
+builder that marks the metadata non-causal, and its runner gives those layers no KV cache.
 
 Per-device kernel calls and the KV-cache layout live in ``vllm_xpu_plugin.device``.
 """
@@ -34,6 +39,7 @@ from vllm.v1.attention.backends.utils import (
 from vllm.v1.kv_cache_interface import AttentionSpec
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.attention import encoder_only
 from vllm_xpu_plugin.kernels import attention as attention_kernels
 from vllm_xpu_plugin.log import init_logger
 
@@ -170,7 +176,7 @@ class IPEXAttentionMetadataBuilder(AttentionMetadataBuilder[IPEXAttentionMetadat
 
 
 class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
-    """Decoder self-attention. Everything the kernels cannot do is rejected here, when
+    """Decoder self-attention and encoder-only attention. Everything the kernels cannot do is rejected here, when
     the model is built, so a served model never fails on its first request."""
 
     def __init__(
@@ -194,6 +200,7 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             num_kv_heads=num_kv_heads,
             alibi_slopes=alibi_slopes,
             sliding_window=sliding_window,
+            logits_soft_cap=logits_soft_cap,
             kv_cache_dtype=kv_cache_dtype,
             attn_type=attn_type,
             sinks=sinks,
@@ -238,6 +245,10 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             return output
 
         num_tokens = attn_metadata.num_actual_tokens
+        if self.attn_type == AttentionType.ENCODER_ONLY:
+            encoder_only.forward(self, query[:num_tokens], key[:num_tokens],
+                                 value[:num_tokens], output[:num_tokens], attn_metadata)
+            return output
         key_cache, value_cache = self._cache_views(kv_cache)
         if query.shape[0] != num_tokens:  # padding rows (eager mode has none)
             query, key, value = query[:num_tokens], key[:num_tokens], value[:num_tokens]
@@ -286,6 +297,7 @@ def _reject_unsupported(
     num_kv_heads: int,
     alibi_slopes: Optional[list[float]],
     sliding_window: Optional[int],
+    logits_soft_cap: Optional[float],
     kv_cache_dtype: str,
     attn_type: str,
     sinks: Optional[torch.Tensor],
@@ -293,10 +305,12 @@ def _reject_unsupported(
 ) -> None:
     """Raise one line naming the first thing the IPEX attention kernels cannot do."""
     prefix = "IPEX attention backend: "
-    if attn_type != AttentionType.DECODER:
+    if attn_type == AttentionType.ENCODER_ONLY:
+        encoder_only.reject_unsupported(prefix, sliding_window, logits_soft_cap)
+    elif attn_type != AttentionType.DECODER:
         raise NotImplementedError(
             f"{prefix}attention type {attn_type!r} is not supported (decoder self-attention "
-            "only: the kernels are causal; encoder and cross attention are not)")
+            "and encoder-only attention only: encoder-decoder cross attention is not)")
     if alibi_slopes is not None:
         raise NotImplementedError(f"{prefix}ALiBi position biases are not supported")
     if sinks is not None:

@@ -1,4 +1,5 @@
-"""Paged-attention kernels: KV-cache write and variable-length causal attention.
+"""Attention kernels: KV-cache write, variable-length causal attention over the paged KV
+cache, and variable-length attention without a cache (encoder-only models).
 
 The KV-cache tensors are in :func:`vllm_xpu_plugin.device.kv_cache_layout`."""
 
@@ -101,3 +102,42 @@ def paged_attention_varlen(
         v_scale=1.0,
         softcap=softcap,
     )
+
+
+def varlen_attention(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_kv: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_kv: int,
+    scale: float,
+    causal: bool,
+) -> None:
+    """Attention of a batch of variable-length sequences over their own K/V, without a KV
+    cache (IPEX's non-paged ``ipex.llm.functional.varlen_attention``).
+
+    out/query: [num_tokens, num_heads, head_size]; key/value: [num_kv_tokens, num_kv_heads,
+    head_size] (strided views allowed). Sequence i is rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``
+    of query and ``cu_seqlens_kv[i]:cu_seqlens_kv[i+1]`` of key/value; cu_seqlens_* are int32
+    [num_seqs + 1]. ``causal=False`` is bidirectional (encoder-only models). num_heads may be
+    a multiple of num_kv_heads.
+    """
+    if device.is_cpu_mode():
+        # The CPU implementation pads to max_seqlen and runs torch SDPA with its default
+        # scale 1/sqrt(head_size): it ignores softmax_scale (read in IPEX 2.8's
+        # _IPEXVarlenScaledDotProductCPU), so another scale is folded into the query.
+        default_scale = query.shape[-1] ** -0.5
+        if abs(scale - default_scale) > 1e-6 * default_scale:
+            query = query * (scale / default_scale)
+        device.ipex().llm.functional.varlen_attention(
+            query, key, value, out, cu_seqlens_q, cu_seqlens_kv, None, max_seqlen_q,
+            max_seqlen_kv, 0.0, scale, False, causal, False, None)
+        return
+    # XPU-only: contiguous q/k/v, as vLLM 0.11's ipex_ops.varlen_attention hands the kernel.
+    device.ipex().llm.functional.varlen_attention(  # XPU-only
+        query.contiguous(), key.contiguous(), value.contiguous(), out, cu_seqlens_q,
+        cu_seqlens_kv, None, max_seqlen_q, max_seqlen_kv, 0.0, scale, False, causal, False,
+        None, window_size_left=-1, window_size_right=-1, softcap=-1.0)  # IPEX's "off" values

@@ -1,0 +1,213 @@
+"""Encoder-only models and pooling tasks through the plugin (CPU mode) against HF transformers.
+
+Every engine runs float32 on a tiny random-weight checkpoint (tests/fixtures/tiny_models.py)
+and the reference is transformers' own model class on the same weights, one prompt at a
+time (no padding), float32. A causal mask in place of the bidirectional one, a sequence
+attending to its neighbour in the batch, a lost position offset or token type all move
+the pooled vectors far beyond the tolerances.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+# float32 both sides: measured differences are ~1e-6; a wrong mask or position moves
+# embeddings by > 1e-1.
+ATOL = 1e-4
+MIN_COSINE = 0.99999
+KV_CACHE_BYTES = 64 << 20
+# Lengths in one batch: a 1-token sequence, short and long ones, not multiples of anything.
+PROMPT_LENGTHS = (1, 7, 33, 130, 301)
+TEXT = "The capital of France is Paris."
+
+
+def random_prompts(lengths=PROMPT_LENGTHS, vocab_size: int = 768, seed: int = 0,
+                   bos: int | None = 1) -> list[list[int]]:
+    """Token ids >= 5 (no special token, no pad id): a leading BOS stands for [CLS]."""
+    rng = random.Random(seed)
+    prompts = []
+    for n in lengths:
+        body = [rng.randrange(5, vocab_size) for _ in range(n - (bos is not None))]
+        prompts.append(([bos] if bos is not None else []) + body)
+    return prompts
+
+
+@contextmanager
+def pooling_llm(model_dir, **kwargs) -> Iterator:
+    """A float32 vllm.LLM with the in-process engine core (one process start less)."""
+    from vllm import LLM
+
+    args = dict(model=str(model_dir), runner="pooling", dtype="float32", max_model_len=512,
+                max_num_seqs=8, seed=0, enable_prefix_caching=False,
+                kv_cache_memory_bytes=KV_CACHE_BYTES)
+    args.update(kwargs)
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        llm = LLM(**args)
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def tokens(prompts):
+    from vllm.inputs import TokensPrompt
+
+    return [TokensPrompt(prompt_token_ids=p) for p in prompts]
+
+
+# ---------------------------------------------------------------------------- HF reference
+
+
+def hf_hidden_states(model_dir, prompts, model_class: str = "AutoModel", **call) -> list:
+    """Last hidden states [len, hidden] of transformers' model, one prompt at a time."""
+    import transformers
+
+    model = getattr(transformers, model_class).from_pretrained(
+        str(model_dir), dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            out.append(model(input_ids=ids, **call).last_hidden_state[0])
+    return out
+
+
+def pool(hidden: torch.Tensor, how: str) -> torch.Tensor:
+    vec = {"CLS": hidden[0], "MEAN": hidden.mean(0), "LAST": hidden[-1]}[how]
+    return torch.nn.functional.normalize(vec, dim=-1)
+
+
+def assert_vectors_close(got, want, what: str) -> None:
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        g = torch.as_tensor(g, dtype=torch.float32)
+        assert g.shape == w.shape, (what, i, g.shape, w.shape)
+        cos = float(torch.nn.functional.cosine_similarity(g, w, dim=0))
+        err = float((g - w).abs().max())
+        assert cos > MIN_COSINE and err < ATOL, f"{what} #{i}: cosine {cos:.7f}, max |d| {err:.2e}"
+
+
+# ---------------------------------------------------------------------------- BERT
+
+
+@pytest.fixture(scope="module")
+def bert_dir():
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    return build_tiny_model("bert")
+
+
+@pytest.mark.parametrize("pooling", ["CLS", "MEAN"])
+def test_bert_embeddings_match_hf(bert_dir, pooling):
+    from vllm.config import PoolerConfig
+
+    prompts = random_prompts()
+    with pooling_llm(bert_dir, pooler_config=PoolerConfig(pooling_type=pooling)) as llm:
+        outs = llm.embed(tokens(prompts) + [TEXT], use_tqdm=False)
+    text_ids = list(outs[-1].prompt_token_ids)
+    ref = [pool(h, pooling) for h in hf_hidden_states(bert_dir, prompts + [text_ids])]
+    assert_vectors_close([o.outputs.embedding for o in outs], ref, f"BertModel {pooling}")
+
+
+# ---------------------------------------------------------------------------- the kernel path
+
+
+def _encoder_impl(num_heads, num_kv_heads, head_size, scale, **config_kwargs):
+    from vllm.attention.backends.abstract import AttentionType
+    from vllm.config import SchedulerConfig, VllmConfig, set_current_vllm_config
+
+    from vllm_xpu_plugin.attention.ipex_attn import IPEXAttentionImpl
+
+    scheduler = SchedulerConfig(**{"enable_chunked_prefill": False, "max_model_len": 512,
+                                   "max_num_batched_tokens": 512, **config_kwargs})
+    with set_current_vllm_config(VllmConfig(scheduler_config=scheduler)):
+        return IPEXAttentionImpl(num_heads, head_size, scale, num_kv_heads,
+                                 attn_type=AttentionType.ENCODER_ONLY)
+
+
+def _sdpa_reference(q, k, v, lengths, scale) -> torch.Tensor:
+    """Plain float64 softmax(q k^T * scale) v per sequence, no mask."""
+    out, start = [], 0
+    rep = q.shape[1] // k.shape[1]
+    for n in lengths:
+        qs, ks, vs = (t[start:start + n].double().transpose(0, 1) for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
+        out.append((torch.softmax(qs @ ks.transpose(1, 2) * scale, -1) @ vs).transpose(0, 1))
+        start += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,head_size,scale", [
+    (4, 4, 32, 32 ** -0.5),  # BERT: multi-head, the default scale
+    (8, 2, 64, 0.3),  # GQA and a scale other than 1/sqrt(head_size)
+])
+def test_encoder_only_attention_matches_plain_softmax(dtype, heads, kv_heads, head_size, scale):
+    """The impl as vLLM's EncoderOnlyAttention builds it (vLLM's non-causal builder subclass
+    of the plugin's), on a fused-qkv batch with padding rows, vs float64 softmax."""
+    from vllm.attention.layers.encoder_only_attention import (
+        create_encoder_only_attention_backend,
+    )
+    from vllm.v1.attention.backends.utils import CommonAttentionMetadata
+    from vllm.v1.kv_cache_interface import EncoderOnlyAttentionSpec
+
+    from vllm_xpu_plugin.attention.ipex_attn import IPEXAttentionBackend
+
+    lengths, padding = (1, 5, 64, 17, 130), 3
+    num_tokens = sum(lengths)
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(num_tokens + padding, (heads + 2 * kv_heads) * head_size,
+                      generator=gen).to(dtype)
+    q, k, v = qkv.split([heads * head_size, kv_heads * head_size, kv_heads * head_size], -1)
+    q = q.view(-1, heads, head_size)
+    k, v = (t.view(-1, kv_heads, head_size) for t in (k, v))
+
+    backend = create_encoder_only_attention_backend(IPEXAttentionBackend)
+    spec = EncoderOnlyAttentionSpec(block_size=16, num_kv_heads=kv_heads, head_size=head_size,
+                                    dtype=dtype)
+    builder = backend.get_builder_cls()(spec, ["layers.0.attn"], None, torch.device("cpu"))
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    start_loc = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    start_loc[1:] = lens.cumsum(0)
+    # As the runner builds it for encoder-only groups: a dummy block table and slots.
+    common = CommonAttentionMetadata(
+        query_start_loc=start_loc, query_start_loc_cpu=start_loc, seq_lens=lens,
+        seq_lens_cpu=lens, num_computed_tokens_cpu=torch.zeros_like(lens),
+        num_reqs=len(lengths), num_actual_tokens=num_tokens, max_query_len=max(lengths),
+        max_seq_len=max(lengths), block_table_tensor=torch.zeros(len(lengths), 1,
+                                                                 dtype=torch.int32),
+        slot_mapping=torch.zeros(num_tokens, dtype=torch.int64))
+    metadata = builder.build(0, common)
+    assert metadata.causal is False
+
+    impl = _encoder_impl(heads, kv_heads, head_size, scale)
+    output = torch.full((num_tokens + padding, heads, head_size), 7.0, dtype=dtype)
+    impl.forward(None, q, k, v, torch.tensor([]), metadata, output=output)
+
+    want = _sdpa_reference(q[:num_tokens], k[:num_tokens], v[:num_tokens], lengths, scale)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(output[:num_tokens].double(), want, **tol)
+    assert bool((output[num_tokens:] == 7.0).all()), "padding rows were written"
+
+
+def test_encoder_only_attention_refuses_chunked_prefill():
+    """Chunks of a prompt would attend only within the chunk: refused when the model is
+    built (vLLM enables chunked prefill for LAST pooling)."""
+    with pytest.raises(NotImplementedError, match="chunked prefill"):
+        _encoder_impl(4, 4, 32, 32 ** -0.5, enable_chunked_prefill=True)
