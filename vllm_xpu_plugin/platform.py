@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from vllm.platforms.interface import Platform, PlatformEnum, _Backend
 
-from vllm_xpu_plugin import device, envs, startup_checks
+from vllm_xpu_plugin import device, envs, moe, request_checks, startup_checks
+from vllm_xpu_plugin.distributed import ray_checks
 from vllm_xpu_plugin.kernels import attention as attention_kernels
 from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.startup_checks import PluginConfigError  # noqa: F401 (re-exported)
@@ -81,7 +82,9 @@ class XPUPluginPlatform(Platform):
     device_name: str = device.device_type()
     device_type: str = device.device_type()
     dispatch_key: str = device.dispatch_key()
-    ray_device_key: str = "GPU" if device.device_type() == "xpu" else ""
+    # Ray resource per worker (vllm_xpu_plugin/distributed/ray_executor.py): Ray's GPU
+    # resource covers Intel GPUs; in CPU mode each worker holds one Ray CPU.
+    ray_device_key: str = "GPU" if device.device_type() == "xpu" else "CPU"
     device_control_env_var: str = "ZE_AFFINITY_MASK"
     dist_backend: str = device.distributed_backend()
     simple_compile_backend: str = "eager"
@@ -97,6 +100,7 @@ class XPUPluginPlatform(Platform):
             # Command line: errors found later while vLLM builds the config (in
             # check_and_update_config) print as one line, not a traceback.
             startup_checks.install_cli_error_formatter()
+            ray_checks.install_backend_check(parser)
             if not any("--device" in a.option_strings for a in parser._actions):
                 parser.add_argument(
                     "--device",
@@ -138,6 +142,8 @@ class XPUPluginPlatform(Platform):
                 cache_config.cpu_kvcache_space_bytes = int(
                     envs.VLLM_XPU_PLUGIN_CPU_KVCACHE_GB * (1 << 30))
 
+        # validate_request's bound on prompt token ids (this process serves this model).
+        request_checks.remember_model(model_config)
         if model_config is not None:
             # Cascade attention is a FlashAttention-only optimisation.
             model_config.disable_cascade_attn = True
@@ -149,7 +155,8 @@ class XPUPluginPlatform(Platform):
             problem = (startup_checks.dtype_problem(model_config.dtype, cls.get_device_name())
                        or startup_checks.head_size_problem(model_config.get_head_size(),
                                                            attention_kernels.attention_head_sizes(),
-                                                           device.device_type()))
+                                                           device.device_type())
+                       or moe.config_problem(vllm_config))
             if problem:
                 raise PluginConfigError(problem)
 
@@ -180,6 +187,8 @@ class XPUPluginPlatform(Platform):
         if backend is None:
             parallel_config.distributed_executor_backend = (
                 "mp" if parallel_config.world_size > 1 else "uni")
+        elif ray_checks.is_ray_backend(backend):
+            ray_checks.select_plugin_ray_executor(parallel_config)
         elif backend not in ("mp", "uni", "ray", "external_launcher"):
             raise PluginConfigError(
                 f"--distributed-executor-backend {backend} is not supported by "
@@ -204,10 +213,14 @@ class XPUPluginPlatform(Platform):
 
     @classmethod
     def validate_request(cls, prompt, params, processed_inputs) -> None:
-        # Non-finite sampling parameters (NaN temperature) get a 400, not garbage (issue 8).
-        from vllm_xpu_plugin.request_checks import sampling_params_problem
+        # Non-finite sampling parameters (NaN temperature) get a 400, not garbage (issue 8);
+        # prompt ids outside the embedding get a 400, not a dead engine (issue 19).
+        from vllm_xpu_plugin.request_checks import (
+            processed_inputs_problem,
+            sampling_params_problem,
+        )
 
-        problem = sampling_params_problem(params)
+        problem = sampling_params_problem(params) or processed_inputs_problem(processed_inputs)
         if problem:
             raise ValueError(problem)
 
@@ -281,7 +294,7 @@ class XPUPluginPlatform(Platform):
 
     @classmethod
     def get_punica_wrapper(cls) -> str:
-        return "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+        return "vllm_xpu_plugin.lora.punica_wrapper.PluginPunicaWrapper"
 
     @classmethod
     def is_kv_cache_dtype_supported(cls, kv_cache_dtype: str,
