@@ -65,6 +65,46 @@ def pooling_llm(model_dir, **kwargs) -> Iterator:
         gc.collect()
 
 
+# Pair templates: BERT's [CLS] A [SEP] B [SEP] with B's token type 1, RoBERTa/XLM-R's
+# <s> A </s></s> B </s> (one token type). <s>/</s> (ids 1/2) stand for [CLS]/[SEP].
+BERT_TEMPLATE = ("<s> $A </s>", "<s> $A </s> $B:1 </s>:1")
+ROBERTA_TEMPLATE = ("<s> $A </s>", "<s> $A </s> </s> $B </s>")
+QUERY = "What is the capital of France?"
+DOCUMENTS = [
+    "The capital of France is Paris.",
+    "A spider has eight legs.",
+    "def add(a, b):\n    return a + b",
+    "Once upon a time there was a little robot who wanted to learn how to paint. Every "
+    "morning it rolled to the window, looked at the garden and tried to mix the colors.",
+]
+
+
+def tiny_encoder(arch: str, **overrides):
+    """The tiny ``arch`` checkpoint with a BERT- or RoBERTa-style tokenizer template (the
+    shared tiny tokenizer only prepends BOS), in a sibling cache directory."""
+    import shutil
+
+    from tokenizers import Tokenizer, processors
+
+    from tests.fixtures._cache import MARKER, build_dir_atomically
+    from tests.fixtures.tiny_models import BOS, BOS_ID, EOS, EOS_ID, build_tiny_model
+
+    model_dir = build_tiny_model(arch, **overrides)
+    single, pair = ROBERTA_TEMPLATE if "roberta" in arch else BERT_TEMPLATE
+
+    def build(tmp):
+        for f in model_dir.iterdir():
+            if f.name not in (MARKER, "tokenizer.json"):
+                shutil.copy2(f, tmp / f.name)
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tok.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)])
+        tok.save(str(tmp / "tokenizer.json"))
+
+    out = model_dir.parent / f"{model_dir.name}-encoder-tokenizer"
+    return build_dir_atomically(out, f"{model_dir.name}|{single}|{pair}", build)
+
+
 def tokens(prompts):
     from vllm.inputs import TokensPrompt
 
@@ -211,3 +251,88 @@ def test_encoder_only_attention_refuses_chunked_prefill():
     built (vLLM enables chunked prefill for LAST pooling)."""
     with pytest.raises(NotImplementedError, match="chunked prefill"):
         _encoder_impl(4, 4, 32, 32 ** -0.5, enable_chunked_prefill=True)
+
+
+# ---------------------------------------------------------------------------- other models
+
+
+@pytest.mark.parametrize("arch,model_class", [("roberta", "RobertaModel"),
+                                              ("xlm-roberta", "XLMRobertaModel")])
+def test_roberta_family_embeddings_match_hf(arch, model_class):
+    """CLS embeddings (vLLM's default for these); positions start at pad_token_id + 1."""
+    model_dir = tiny_encoder(arch)
+    prompts = random_prompts(seed=1)
+    with pooling_llm(model_dir) as llm:
+        outs = llm.embed(tokens(prompts) + [TEXT], use_tqdm=False)
+    text_ids = list(outs[-1].prompt_token_ids)
+    assert text_ids[0] == 1 and text_ids[-1] == 2, text_ids  # <s> ... </s>
+    ref = [pool(h, "CLS") for h in hf_hidden_states(model_dir, prompts + [text_ids],
+                                                    model_class)]
+    assert_vectors_close([o.outputs.embedding for o in outs], ref, model_class)
+
+
+def hf_pair_logits(model_dir, model_class: str, query: str, documents, zero_types=False):
+    """Logits [num_docs, num_labels] of HF's classifier on (query, document) pairs."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = getattr(transformers, model_class).from_pretrained(
+        str(model_dir), dtype=torch.float32).eval()
+    rows = []
+    with torch.no_grad():
+        for doc in documents:
+            enc = tok(query, doc, return_tensors="pt")
+            if zero_types:
+                enc["token_type_ids"] = torch.zeros_like(enc["token_type_ids"])
+            rows.append(model(**enc).logits[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("arch,model_class", [
+    ("bert-seq-cls", "BertForSequenceClassification"),
+    ("xlm-roberta-seq-cls", "XLMRobertaForSequenceClassification"),
+])
+def test_cross_encoder_scores_match_hf(arch, model_class):
+    """LLM.score on (query, document) pairs = sigmoid of HF's single logit; for BERT the
+    document's token type 1 must reach the model (checked to change HF's scores)."""
+    model_dir = tiny_encoder(arch)
+    with pooling_llm(model_dir) as llm:
+        outs = llm.score(QUERY, DOCUMENTS, use_tqdm=False)
+    got = torch.tensor([o.outputs.score for o in outs])
+    want = torch.sigmoid(hf_pair_logits(model_dir, model_class, QUERY, DOCUMENTS)[:, 0])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert float(want.max() - want.min()) > 0.05, want  # the scores tell documents apart
+    if arch.startswith("bert"):
+        untyped = torch.sigmoid(hf_pair_logits(model_dir, model_class, QUERY, DOCUMENTS,
+                                               zero_types=True)[:, 0])
+        assert float((untyped - want).abs().max()) > 10 * ATOL
+
+
+def test_decoder_classifier_matches_hf():
+    """Qwen2ForSequenceClassification (a reward/classifier head on the last token) through
+    LLM.classify: softmax of HF's logits, causal paged attention."""
+    import transformers
+
+    model_dir = tiny_encoder("qwen2-seq-cls")  # the tokenizer template is not used here
+    prompts = random_prompts(seed=2)
+    with pooling_llm(model_dir) as llm:
+        outs = llm.classify(tokens(prompts), use_tqdm=False)
+    model = transformers.Qwen2ForSequenceClassification.from_pretrained(
+        str(model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = [torch.softmax(model(input_ids=torch.tensor([p])).logits[0], -1)
+                for p in prompts]
+    got = [torch.tensor(o.outputs.probs) for o in outs]
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=0, msg=f"prompt {i}")
+
+
+def test_decoder_last_token_embeddings_match_hf():
+    """Qwen3-Embedding style: a Qwen3ForCausalLM checkpoint served with runner="pooling"
+    (vLLM's embed conversion: LAST pooling, normalised) vs HF Qwen3Model's last token."""
+    model_dir = tiny_encoder("qwen3-embedding")
+    prompts = random_prompts(seed=3)
+    with pooling_llm(model_dir) as llm:
+        outs = llm.embed(tokens(prompts), use_tqdm=False)
+    ref = [pool(h, "LAST") for h in hf_hidden_states(model_dir, prompts, "Qwen3Model")]
+    assert_vectors_close([o.outputs.embedding for o in outs], ref, "Qwen3 LAST")
