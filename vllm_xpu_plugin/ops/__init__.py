@@ -10,6 +10,7 @@ def register_all_ops() -> None:
         return
     # Importing these modules only imports vLLM layer modules (no IPEX: the kernels
     # import it lazily, on first forward, via device.ipex()).
+    from vllm_xpu_plugin.moe import fused_moe_method  # noqa: F401 (FusedMoE experts)
     from vllm_xpu_plugin.ops import (  # noqa: F401
         ipex_activation,
         ipex_layernorm,
