@@ -3,6 +3,8 @@
     python -m accuracy.run                             # CPU tier (accuracy/models-cpu.txt)
     python -m accuracy.run --models-file models-xpu.txt  # XPU tier (skips without an Intel GPU)
     python -m accuracy.run SmolLM2-135M-Instruct-bf16 --smoke --block-size 64
+    python -m accuracy.run SmolLM2-135M-Instruct-fp32 --server http://127.0.0.1:8000 \
+        --served-model SmolLM2-135M-Instruct    # a running `vllm serve` (e.g. `make serve`)
 
 For each config and each of its block sizes: one vLLM engine (through lm-eval's ``VLLM``
 model, i.e. ``simple_evaluate(model="vllm")`` with the engine built once), the config's tasks
@@ -13,6 +15,12 @@ Markdown report (metric, expected, measured, pass/fail) is printed and written t
 ``--report``; the exit status is 1 when any check fails, 3 when none failed but an expected
 value has no published reference (``value: null``: reported as "reference missing", not a
 pass).
+
+``--server URL`` evaluates a running ``vllm serve`` instead (lm-eval's ``local-completions``
+model over the OpenAI completions API, the way users evaluate a deployment): the same tasks,
+expected values and hf-parity checks, one "server" variant per config. The server must
+serve the config's model with the config's dtype; the runner tokenizes with the model's
+own tokenizer and sends token ids, as the ``vllm`` backend does.
 
 ``--measure-reference CONFIG`` runs the config's tasks through the ``hf`` backend and prints
 the metric values to paste into the config (that is how the CPU tier's expected values were
@@ -29,6 +37,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +171,45 @@ def run_vllm(cfg: AccuracyConfig, model_path: str, block_size: int | None,
     return EngineRun("vllm", block_size, tasks, time.monotonic() - t0)
 
 
+@dataclass(frozen=True)
+class ServerTarget:
+    """A running ``vllm serve``: base URL (http://host:port) and the served model name."""
+
+    url: str
+    model: str
+
+
+def tokenizer_adds_bos(model_path: str) -> bool:
+    """Whether the model's tokenizer prepends BOS by default (as vLLM does for a text prompt
+    and lm-eval's hf backend does for generation prompts). lm-eval's API models never add it
+    unless told: without this, a BOS-adding model's greedy texts differ from the hf run."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    ids = tok("a").input_ids
+    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+
+
+def build_server_lm(cfg: AccuracyConfig, model_path: str, server: ServerTarget):
+    from lm_eval.api.registry import get_model
+
+    return get_model("local-completions")(
+        add_bos_token=tokenizer_adds_bos(model_path),
+        base_url=f"{server.url.rstrip('/')}/v1/completions", model=server.model,
+        tokenizer=model_path, tokenizer_backend="huggingface", tokenized_requests=True,
+        max_gen_toks=cfg.max_gen_toks, max_length=cfg.engine.get("max_model_len", 2048),
+        num_concurrent=1, max_retries=1, batch_size=1, timeout=600)
+
+
+def run_server(cfg: AccuracyConfig, model_path: str, server: ServerTarget,
+               limits: dict[str, int | None]) -> EngineRun:  # fmt: skip
+    t0 = time.monotonic()
+    _log(f"{cfg.name}: server {server.url} (model {server.model})")
+    lm = build_server_lm(cfg, model_path, server)
+    tasks = evaluate(lm, cfg.tasks, limits, cfg.max_gen_toks, cfg.apply_chat_template)
+    return EngineRun("server", None, tasks, time.monotonic() - t0)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -217,13 +265,17 @@ def exit_status(rows: list[CheckRow]) -> int:
 
 
 def run_config(cfg: AccuracyConfig, smoke: bool = False, block_sizes: tuple[int, ...] = (),
-               parity: bool = True) -> tuple[list[CheckRow], list[str]]:  # fmt: skip
-    """Run one config (all its block sizes, or ``block_sizes``); return rows and notes."""
+               parity: bool = True, server: ServerTarget | None = None,
+               ) -> tuple[list[CheckRow], list[str]]:  # fmt: skip
+    """Run one config (all its block sizes, or ``block_sizes``; or once against ``server``);
+    return rows and notes."""
     from accuracy import parity as parity_mod
 
     model_path = resolve_model(cfg.model)
     limits = task_limits(cfg, smoke)
     variants = [b for b in cfg.variants() if not block_sizes or b in block_sizes]
+    if server is not None:
+        variants = [None]
     if not variants:
         raise ConfigError(f"{cfg.path}: none of block sizes {block_sizes} is configured")
     rows: list[CheckRow] = []
@@ -234,8 +286,12 @@ def run_config(cfg: AccuracyConfig, smoke: bool = False, block_sizes: tuple[int,
         notes.append(f"{cfg.name}: hf reference {reference.seconds:.0f}s"
                      f"{' (cached)' if reference.cached else ''}")  # fmt: skip
     for block_size in variants:
-        run = run_vllm(cfg, model_path, block_size, limits)
-        notes.append(f"{cfg.name}: vllm bs={block_size or 'default'} {run.seconds:.0f}s")
+        if server is not None:
+            run = run_server(cfg, model_path, server, limits)
+        else:
+            run = run_vllm(cfg, model_path, block_size, limits)
+        notes.append(f"{cfg.name}: {run.backend} bs={block_size or 'default'} "
+                     f"{run.seconds:.0f}s")
         if not smoke:
             rows += check_expected(cfg, run)
         if reference is not None:
@@ -244,6 +300,15 @@ def run_config(cfg: AccuracyConfig, smoke: bool = False, block_sizes: tuple[int,
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def served_model(url: str) -> str:
+    """The first model a running server lists at /v1/models."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models", timeout=30) as resp:
+        return json.loads(resp.read())["data"][0]["id"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these block sizes (repeatable)")
     ap.add_argument("--no-parity", action="store_true", help="skip the hf-backend comparison")
     ap.add_argument("--report", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--server", default=None, metavar="URL",
+                    help="evaluate a running `vllm serve` at URL (http://host:port) with "
+                    "lm-eval's local-completions model instead of building an engine")
+    ap.add_argument("--served-model", default=None,
+                    help="with --server: the served model name (default: the first of "
+                    "/v1/models)")
     ap.add_argument("--measure-reference", action="store_true",
                     help="run the configs' tasks on lm-eval's hf backend and print the values")
     args = ap.parse_args(argv)
@@ -282,7 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy: error: --device {args.device} but the configs are {tier}-tier",
               file=sys.stderr)
         return 2
-    if tier == "xpu":
+    server = None
+    if args.server:
+        try:
+            server = ServerTarget(args.server, args.served_model or served_model(args.server))
+        except OSError as e:
+            print(f"accuracy: error: --server {args.server}: {e}", file=sys.stderr)
+            return 2
+    if tier == "xpu" and server is None:
         reason = xpu_unavailable_reason()
         if reason:
             print(f"accuracy: XPU tier skipped: {reason}")
@@ -306,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs:
         try:
             r, n = run_config(cfg, smoke=args.smoke, block_sizes=tuple(args.block_size),
-                              parity=not args.no_parity)  # fmt: skip
+                              parity=not args.no_parity, server=server)  # fmt: skip
         except EngineDiedError as e:
             print(f"accuracy: error: {e}", file=sys.stderr)
             r, n = [CheckRow(cfg.name, "vllm", "all tasks", "engine ran to the end", "yes",
