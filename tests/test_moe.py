@@ -237,6 +237,42 @@ def _model_facts(model):
             "methods": sorted({type(m.quant_method).__name__ for m in layers})}
 
 
+# The architecture name real checkpoints carry where it differs from transformers' class
+# name (Phi-3.5-MoE's config.json says PhiMoEForCausalLM; vLLM registers only that).
+CHECKPOINT_ARCHITECTURE = {"phimoe": "PhiMoEForCausalLM"}
+# vLLM 0.11's phimoe.py loads lm_head.bias but never adds it to the logits (its
+# compute_logits passes no bias; every platform): both sides run with that bias zeroed.
+ZERO_LM_HEAD_BIAS = {"phimoe"}
+
+
+def _checkpoint_dir(arch: str, model_dir: Path) -> Path:
+    """The directory both vLLM and HF run: the tiny checkpoint, with the real checkpoint's
+    architecture name and the vLLM-ignored LM-head bias zeroed where needed."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    if arch not in CHECKPOINT_ARCHITECTURE and arch not in ZERO_LM_HEAD_BIAS:
+        return model_dir
+    out = model_dir.parent / f"{model_dir.name}-as-checkpoint"
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir()
+    for f in model_dir.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            (tmp / f.name).symlink_to(f)
+    weights = load_file(model_dir / "model.safetensors")
+    if arch in ZERO_LM_HEAD_BIAS:
+        weights["lm_head.bias"] = torch.zeros_like(weights["lm_head.bias"])
+    save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((model_dir / "config.json").read_text())
+    config["architectures"] = [CHECKPOINT_ARCHITECTURE.get(arch, config["architectures"][0])]
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp.rename(out)
+    return out
+
+
 @pytest.fixture(scope="module", params=sorted(MOE_ARCHS))
 def moe_run(request):
     from transformers import AutoConfig
@@ -246,7 +282,7 @@ def moe_run(request):
     from tests.fixtures.tiny_models import build_tiny_model
 
     arch = request.param
-    model_dir = build_tiny_model(arch)
+    model_dir = _checkpoint_dir(arch, build_tiny_model(arch))
     prompts = _prompts(AutoConfig.from_pretrained(model_dir).vocab_size)
     llm = _llm(model_dir)
     try:
