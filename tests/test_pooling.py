@@ -313,7 +313,9 @@ def test_decoder_classifier_matches_hf():
     LLM.classify: softmax of HF's logits, causal paged attention."""
     import transformers
 
-    model_dir = tiny_encoder("qwen2-seq-cls")  # the tokenizer template is not used here
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    model_dir = build_tiny_model("qwen2-seq-cls")
     prompts = random_prompts(seed=2)
     with pooling_llm(model_dir) as llm:
         outs = llm.classify(tokens(prompts), use_tqdm=False)
@@ -330,7 +332,9 @@ def test_decoder_classifier_matches_hf():
 def test_decoder_last_token_embeddings_match_hf():
     """Qwen3-Embedding style: a Qwen3ForCausalLM checkpoint served with runner="pooling"
     (vLLM's embed conversion: LAST pooling, normalised) vs HF Qwen3Model's last token."""
-    model_dir = tiny_encoder("qwen3-embedding")
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    model_dir = build_tiny_model("qwen3-embedding")
     prompts = random_prompts(seed=3)
     with pooling_llm(model_dir) as llm:
         outs = llm.embed(tokens(prompts), use_tqdm=False)
