@@ -314,3 +314,78 @@ def test_moe_greedy_tokens_and_logprobs_match_hf(moe_run):
                     assert abs(got[t] - hf_lp) < LOGPROB_TOL, (arch, n, step, t)
             compared += 1
     assert compared >= 0.9 * MAX_NEW_TOKENS * len(prompts), (arch, compared)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("spec_args,method", [(("gptq", 64), "ipex_gptq"),
+                                               (("awq", 64), "ipex_awq")])
+def test_int4_moe_checkpoint_is_refused_at_startup_in_one_line(spec_args, method):
+    """GPTQ/AWQ Qwen3-MoE (tests/fixtures/quantize.py quantizes the experts' gate/up/down
+    too): `vllm serve` exits before any engine process with one line naming the method."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.quantize import QuantSpec, build_quantized
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    quant_dir = build_quantized(build_tiny_model("qwen3-moe"), QuantSpec(*spec_args))
+    from safetensors import safe_open
+
+    with safe_open(str(quant_dir / "model.safetensors"), "pt") as f:
+        assert any(".experts.0.gate_proj.qweight" in k for k in f.keys())
+    env = dict(os.environ, VLLM_XPU_PLUGIN_DEVICE="cpu")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "vllm"), "serve", str(quant_dir), "--device", "cpu",
+         "--host", "127.0.0.1", "--port", "18201"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "vllm-xpu-plugin: error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"{method} mixture-of-experts checkpoints are not supported" in errors[0]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "EngineCore" not in proc.stderr + proc.stdout  # no engine process was started
+
+
+def _stub_config(architectures, quantization=None, dp=1, eplb=False, experts=8):
+    from types import SimpleNamespace
+
+    hf = SimpleNamespace(architectures=architectures, num_experts=experts)
+    model = SimpleNamespace(model="m", hf_config=hf, hf_text_config=hf,
+                            quantization=quantization)
+    parallel = SimpleNamespace(data_parallel_size=dp, enable_eplb=eplb)
+    return SimpleNamespace(model_config=model, parallel_config=parallel)
+
+
+def test_unsupported_moe_configs_have_one_line_reasons():
+    from vllm_xpu_plugin.moe import config_problem
+
+    assert config_problem(_stub_config(["Qwen3MoeForCausalLM"])) is None
+    assert config_problem(_stub_config(["LlamaForCausalLM"], experts=0, dp=2)) is None  # dense
+    cases = {
+        "GptOssForCausalLM is not supported": _stub_config(["GptOssForCausalLM"]),
+        "Llama4ForCausalLM is not supported": _stub_config(["Llama4ForCausalLM"]),
+        "--enable-eplb": _stub_config(["Qwen3MoeForCausalLM"], eplb=True),
+        "--data-parallel-size 2": _stub_config(["MixtralForCausalLM"], dp=2),
+    }
+    for expected, config in cases.items():
+        problem = config_problem(config)
+        assert problem and expected in problem and "\n" not in problem, problem
+
+
+def test_unsupported_layer_options_have_one_line_reasons():
+    from types import SimpleNamespace
+
+    from vllm_xpu_plugin.moe import layer_problem
+
+    plain = dict(layer_name="model.layers.0.mlp.experts", activation="silu",
+                 apply_router_weight_on_input=False, zero_expert_num=0, enable_eplb=False)
+    assert layer_problem(SimpleNamespace(**plain), SimpleNamespace(has_bias=False)) is None
+    for change, expected in ((dict(activation="gelu"), "activation 'gelu'"),
+                             (dict(apply_router_weight_on_input=True), "expert input"),
+                             (dict(zero_expert_num=2), "zero-computation")):
+        layer = SimpleNamespace(**{**plain, **change})
+        problem = layer_problem(layer, SimpleNamespace(has_bias=False))
+        assert problem and expected in problem, problem
+    assert "biases" in layer_problem(SimpleNamespace(**plain), SimpleNamespace(has_bias=True))
