@@ -12,8 +12,10 @@ mid-stream (the client closes the connection after a few chunks). Afterwards:
   ``/metrics`` are back to 0; the server's RSS (all its processes) grew by at most
   ``--rss-bound`` (default 10 %) over its value after warm-up.
 
-Prints sent / completed / cancelled / failed / mismatched and exits 1 unless everything
-holds. tests/test_soak.py runs a short version (80 requests) in the default suite.
+Prints sent / completed / cancelled / failed / mismatched and the features in the mix, and
+exits 1 unless everything holds. tests/test_soak.py runs a short version (80 requests) in the
+default suite. ``--features structured,ngram`` adds features (see ``FEATURES``): their
+server arguments, and a share of the greedy requests rewritten to use them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -39,12 +42,75 @@ MAX_MODEL_LEN = 512
 STOP_STRINGS = ["e", "th", ".", "\n", "in", "an"]
 
 
+# What every soak mixes (the report lists these plus the --features it was run with).
+BASE_FEATURES = ("completions", "streaming", "n>1", "sampled", "greedy", "stop strings",
+                 "cancelled mid-stream", "preemption (small KV cache)",
+                 "prefix caching (vLLM default)")
+
+
+@dataclass(frozen=True)
+class SoakFeature:
+    """A feature the soak can mix in: server arguments, and a rewrite applied to a share of
+    the greedy requests (still compared with the same request alone afterwards)."""
+
+    name: str
+    server_args: tuple[str, ...] = ()
+    share: float = 0.0
+    rewrite: Optional[Callable[[dict, random.Random], None]] = None
+    note: str = ""
+
+
+def _structured(body: dict, rng: random.Random) -> None:
+    # Grammar-constrained greedy decoding (xgrammar); either constraint ends the text early.
+    body["structured_outputs"] = rng.choice([
+        {"choice": ["alpha", "beta", "gamma delta"]},
+        {"regex": "[a-z]{2,12}( [a-z]{2,12}){0,3}"},
+    ])
+    body.pop("stop", None)
+
+
+def _repetitive_prompt(body: dict, rng: random.Random) -> None:
+    # ngram drafts come from repeats in the context: give the prompt some.
+    pattern = body["prompt"][:rng.randint(3, 8)]
+    body["prompt"] = (pattern * (len(body["prompt"]) // len(pattern) + 1))[:len(body["prompt"])]
+
+
+def _not_built(name: str) -> Callable[[dict, random.Random], None]:
+    def rewrite(body: dict, rng: random.Random) -> None:
+        raise NotImplementedError(f"soak feature {name!r} is a hook: see FEATURES")
+    return rewrite
+
+
+FEATURES: dict[str, SoakFeature] = {
+    "structured": SoakFeature("structured outputs", share=0.3, rewrite=_structured),
+    "ngram": SoakFeature(
+        "ngram speculation",
+        ("--speculative-config", json.dumps({"method": "ngram", "num_speculative_tokens": 3,
+                                             "prompt_lookup_max": 3, "prompt_lookup_min": 2})),
+        share=0.3, rewrite=_repetitive_prompt),
+    # Hooks for this round's LoRA and MoE work (not built here): LoRA adds --enable-lora
+    # --lora-modules NAME=PATH and sets body["model"] = NAME on a share of the requests;
+    # MoE is its own soak run (--model <tiny MoE dir>) and needs no rewrite.
+    "lora": SoakFeature("LoRA requests", share=0.3, rewrite=_not_built("lora"),
+                        note="hook only"),
+    "moe": SoakFeature("MoE model", note="hook only: run with --model <MoE model>"),
+}
+
+
+def feature_list(names: Sequence[str]) -> list[SoakFeature]:
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown soak features {unknown}; known: {sorted(FEATURES)}")
+    return [FEATURES[n] for n in names]
+
+
 @dataclass
 class SoakRequest:
     index: int
     body: dict
     greedy: bool
     cancel_after_chunks: Optional[int] = None  # streaming: close after this many chunks
+    features: list[str] = field(default_factory=list)  # SoakFeature names this one uses
 
     @property
     def stream(self) -> bool:
@@ -68,8 +134,25 @@ class SoakResult:
 
 
 def build_requests(count: int, vocab_size: int, seed: int = 0, model: str = "model",
-                   cancel_fraction: float = 0.1, greedy_only: bool = False) -> list[SoakRequest]:
-    """A reproducible mix of requests (prompts are token ids, so any tokenizer works)."""
+                   cancel_fraction: float = 0.1, greedy_only: bool = False,
+                   features: Sequence[str] = ()) -> list[SoakRequest]:
+    """A reproducible mix of requests (prompts are token ids, so any tokenizer works).
+    ``features`` (FEATURES keys) rewrite a share of the greedy requests; without them the
+    mix is the same as before features existed."""
+    out = _base_requests(count, vocab_size, seed, model, cancel_fraction, greedy_only)
+    rng = random.Random(seed + 7919)
+    for feature in feature_list(features):
+        if feature.rewrite is None:
+            continue
+        for req in out:
+            if req.greedy and not req.features and rng.random() < feature.share:
+                feature.rewrite(req.body, rng)
+                req.features.append(feature.name)
+    return out
+
+
+def _base_requests(count: int, vocab_size: int, seed: int, model: str,
+                   cancel_fraction: float, greedy_only: bool) -> list[SoakRequest]:
     rng = random.Random(seed)
     out = []
     for i in range(count):
@@ -268,7 +351,7 @@ def wait_idle(server, timeout: float = 120) -> dict[str, float]:
 
 
 def run_soak(server, requests: list[SoakRequest], concurrency: int,
-             rss_bound: float = 0.10, log=print) -> dict:
+             rss_bound: float = 0.10, log=print, features: Sequence[str] = ()) -> dict:
     """Warm up, measure RSS, run the load, replay greedy requests alone, check the server."""
     url = server.url
     warm = [SoakRequest(-1, {"model": server.served_model_name, "prompt": [5, 6, 7],
@@ -312,6 +395,14 @@ def run_soak(server, requests: list[SoakRequest], concurrency: int,
         "load_seconds": round(load_s, 1),
         "replay_seconds": round(replay_s, 1),
         "concurrency": concurrency,
+        "features": [*BASE_FEATURES, *(f.name for f in feature_list(features))],
+        # Per added feature: its greedy requests completed and compared / mismatched.
+        "feature_requests": {
+            f.name: {"checked": sum(1 for r in completed
+                                    if r.request.greedy and f.name in r.request.features),
+                     "mismatched": sum(1 for r, _ in mismatches
+                                       if f.name in r.request.features)}
+            for f in feature_list(features)},
     }
     summary["ok"] = (summary["failed"] == 0 and summary["mismatched"] == 0
                      and summary["completed"] + summary["cancelled"] == summary["sent"]
@@ -337,7 +428,11 @@ def format_summary(s: dict) -> str:
             f"({s['rss_growth']:+.1%}, bound +{s['rss_bound']:.0%}); "
             f"load {s['load_seconds']} s at concurrency {s['concurrency']}, "
             f"replay {s['replay_seconds']} s\n"
-            f"soak: {'OK' if s['ok'] else 'FAILED'}")
+            f"features: {', '.join(s.get('features', BASE_FEATURES))}\n"
+            + "".join(f"  {name}: {c['checked']} greedy requests checked, "
+                      f"{c['mismatched']} mismatched\n"
+                      for name, c in s.get("feature_requests", {}).items())
+            + f"soak: {'OK' if s['ok'] else 'FAILED'}")
 
 
 # --------------------------------------------------------------------------- main
@@ -371,22 +466,29 @@ def main(argv=None) -> int:
                     help="no sampled / n>1 requests (to bisect a mismatch)")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra vllm serve argument, e.g. --server-arg=--no-enable-prefix-caching")
+    ap.add_argument("--features", default="",
+                    help=f"comma-separated features to mix in: {', '.join(sorted(FEATURES))}")
     ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args(argv)
 
-    from benchmarks.server_process import ServerProcess
+    from benchmarks.fuzz import hostile_server  # a server on this suite's port range
+
+    features = [f for f in args.features.split(",") if f]
+    feature_args = [a for f in feature_list(features) for a in f.server_args]
 
     model = _resolve_model(args.model)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     requests = build_requests(args.requests, vocab, seed=args.seed,
                               cancel_fraction=args.cancel_fraction,
-                              greedy_only=args.greedy_only)
+                              greedy_only=args.greedy_only, features=features)
     env = {"OMP_NUM_THREADS": str(args.threads)}
     print(f"soak: {args.requests} requests at concurrency {args.concurrency} on {model}",
           flush=True)
-    with ServerProcess(model, [*SOAK_SERVER_ARGS, *args.server_arg], env=env) as server:
+    server_args = [*SOAK_SERVER_ARGS, *feature_args, *args.server_arg]
+    with hostile_server(model, server_args, env=env) as server:
         print(f"server {server.url} (log {server.log_path})", flush=True)
-        summary = run_soak(server, requests, args.concurrency, args.rss_bound)
+        summary = run_soak(server, requests, args.concurrency, args.rss_bound,
+                           features=features)
     summary["model"] = str(model)
     print(format_summary(summary), flush=True)
     if args.json:
