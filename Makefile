@@ -28,7 +28,7 @@ STAMP := $(VENV)/.vllm-xpu-plugin-installed
 export VLLM_XPU_PLUGIN_CACHE := $(CACHE)
 
 .PHONY: help venv install models serve lint test test-slow test-xpu accuracy accuracy-xpu \
-	soak bench bench-kernels bench-step bench-spec-decode smoke-serve clean-venv
+	soak fuzz bench bench-kernels bench-step bench-spec-decode smoke-serve clean-venv
 
 help:
 	@echo "make serve      OpenAI server in CPU mode: SmolLM2-135M-Instruct on http://$(HOST):$(PORT)"
@@ -36,6 +36,7 @@ help:
 	@echo "make test-slow  the long suites (pytest -m slow)"
 	@echo "make accuracy   the lm-eval CPU accuracy tier (docs/accuracy.md; report in $(CACHE)/accuracy)"
 	@echo "make lint       ruff check ."
+	@echo "make fuzz       hostile-input suite against a real server (seeded, bounded)"
 	@echo "make smoke-serve  start the server, check it answers the France question, stop it"
 	@echo "make models     build SmolLM2-135M-Instruct into $(MODEL_DIR)"
 	@echo "make install    create $(VENV) and pip install -e '.[$(EXTRAS)]' (once per pyproject change)"
@@ -94,8 +95,17 @@ accuracy-xpu: install
 	$(PY) -m accuracy.prepare_data
 	$(PY) -m accuracy.run --report $(CACHE)/accuracy/report-xpu.md $(ACCURACY_XPU_ARGS)
 
+# The mix includes structured outputs and ngram speculation (the report lists it); the plain
+# mix: make soak SOAK_ARGS=
+SOAK_ARGS ?= --features structured,ngram
 soak: install models
-	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.soak $(SOAK_ARGS)
+
+# Hostile-input suite (docs/reliability.md): seeded, bounded, 127.0.0.1 ports 18700-18799;
+# replay one case with FUZZ_ARGS="--only NAME".
+FUZZ_ARGS ?=
+fuzz: install
+	VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.fuzz $(FUZZ_ARGS)
 
 # Benchmarks (docs/performance.md): every process gets BENCH_THREADS OMP threads; extra
 # script arguments in BENCH_ARGS, e.g. make bench BENCH_ARGS="--concurrency 16".
