@@ -74,6 +74,10 @@ def _check_server(server, vocab: int) -> None:
                 failures.append((name, stream, status, message))
         assert server.health() == 200, (name, server.log_tail())
     assert not failures, failures
+    # An integer sampling parameter past int64: was a 500 with an empty message.
+    status, data = server.post("/v1/completions", {**NORMAL, "top_k": 2 ** 64,
+                                                   "temperature": 1.0})
+    assert status == 400 and "top_k" in _one_line_message(data), (status, data)
     assert _normal_answer(server) == before
 
 
@@ -113,3 +117,14 @@ def test_prompt_id_problem_bounds():
     # Placeholder positions (multimodal) are replaced by embeddings: not looked up.
     assert prompt_ids_problem([1, 900, 900, 2], 768, skip=[range(1, 3)]) is None
     assert prompt_ids_problem([1, 900, 900, 2], 768, skip=[range(1, 2)]) is not None
+
+
+def test_integer_sampling_params_bounded():
+    from vllm import SamplingParams
+
+    from vllm_xpu_plugin.request_checks import sampling_params_problem
+
+    assert sampling_params_problem(SamplingParams(top_k=2 ** 31 - 1, seed=2 ** 63 - 1)) is None
+    assert "top_k" in sampling_params_problem(SamplingParams(top_k=2 ** 31))
+    assert "seed" in sampling_params_problem(SamplingParams(seed=2 ** 64))
+    assert "stop_token_ids" in sampling_params_problem(SamplingParams(stop_token_ids=[2 ** 63]))

@@ -34,8 +34,30 @@ _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency
                  "repetition_penalty")
 
 
+# Integer sampling parameters end up in int64 tensors/arrays (top_k: int32); a bigger Python
+# int fails in vLLM 0.11 with a 500 and an empty message (top_k=2**64).
+_INT_FIELDS = {"n": 63, "best_of": 63, "top_k": 31, "max_tokens": 63, "min_tokens": 63,
+               "seed": 63, "logprobs": 63, "prompt_logprobs": 63, "truncate_prompt_tokens": 63}
+_INT_LIST_FIELDS = ("stop_token_ids", "allowed_token_ids")
+
+
+def _int_problem(name: str, value, bits: int) -> Optional[str]:
+    if isinstance(value, int) and not -(1 << bits) <= value < (1 << bits):
+        return f"{name} must be in [{-(1 << bits)}, {(1 << bits) - 1}], got {value}"
+    return None
+
+
 def sampling_params_problem(params) -> Optional[str]:
     """Why these SamplingParams cannot be sampled with, or None (PoolingParams: None)."""
+    for name, bits in _INT_FIELDS.items():
+        problem = _int_problem(name, getattr(params, name, None), bits)
+        if problem:
+            return problem
+    for name in _INT_LIST_FIELDS:
+        for value in getattr(params, name, None) or ():
+            problem = _int_problem(name, value, 63)
+            if problem:
+                return problem
     for name in _FLOAT_FIELDS:
         value = getattr(params, name, None)
         if isinstance(value, float) and not math.isfinite(value):
