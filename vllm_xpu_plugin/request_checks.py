@@ -21,7 +21,9 @@ encoder-decoder prompts; ``prompt_embeds`` prompts have no ids.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
@@ -74,6 +76,7 @@ def remember_model(model_config) -> None:
     global _embedding_rows
     rows = model_config.get_vocab_size() if model_config is not None else 0
     _embedding_rows = rows if rows and rows > 0 else None
+    remember_prompt_embeds(model_config)
 
 
 def prompt_ids_problem(ids: Sequence[Any], rows: Optional[int],
@@ -125,3 +128,156 @@ def processed_inputs_problem(processed_inputs) -> Optional[str]:
     if not ids:
         return None
     return prompt_ids_problem(ids, _embedding_rows, _placeholder_positions(processed_inputs))
+
+
+# --------------------------------------------------------------------------- HTTP layer
+#
+# What validate_request cannot reach: vLLM 0.11 fails before it (in FastAPI's body parsing or
+# in the serving layer) and answers 500, or puts server file paths in a 400 body. vLLM's
+# supported ``--middleware`` option installs this ASGI middleware:
+#
+#     vllm serve MODEL --middleware vllm_xpu_plugin.request_checks.ClientErrorMiddleware
+#
+# - A JSON body that is not an object (array, string, number, null) -> 400 (vLLM: 500, its
+#   request models' "before" validators call data.get()).
+# - ``prompt_embeds`` while the server runs without --enable-prompt-embeds -> 400 (vLLM
+#   0.11 never checks the flag there: it torch.load()s the bytes, garbage -> 500).
+# - 4xx JSON bodies lose the ' File "...", line N, in f' endpoint context that FastAPI
+#   >= 0.1xx adds to str(RequestValidationError) and vLLM's handler copies into the message.
+# Streaming and 2xx responses pass through untouched; only POST bodies with a JSON content
+# type are buffered (FastAPI reads them whole anyway).
+
+_prompt_embeds_enabled: Optional[bool] = None  # from the served model's config
+# FastAPI's endpoint context: '\n  File "/x.py", line 5, in f' and then '\n    POST /path'.
+_FILE_CONTEXT = re.compile(r'\s*File "[^"]*", line \d+, in [^\s\'"\\]+(\n    [A-Z]+ /\S*)?')
+_JSON_KINDS = {"list": "array", "str": "string", "int": "number", "float": "number",
+               "NoneType": "null", "bool": "boolean"}
+
+
+def remember_prompt_embeds(model_config) -> None:
+    global _prompt_embeds_enabled
+    _prompt_embeds_enabled = (bool(getattr(model_config, "enable_prompt_embeds", False))
+                              if model_config is not None else None)
+
+
+def json_body_problem(body: bytes) -> Optional[str]:
+    """Why this request body cannot be a vLLM request, or None (FastAPI judges the rest)."""
+    head = body.lstrip()[:1]
+    if head and head != b"{" and head[0] < 0x80:
+        try:
+            kind = _JSON_KINDS.get(type(json.loads(body)).__name__, "value")
+        except ValueError:
+            return None  # not JSON at all: FastAPI answers 400 itself
+        return f"the request body must be a JSON object, got a JSON {kind}"
+    if _prompt_embeds_enabled is False and b'"prompt_embeds"' in body:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(data, dict) and data.get("prompt_embeds") is not None:
+            return ("prompt_embeds are not enabled on this server "
+                    "(start it with --enable-prompt-embeds)")
+    return None
+
+
+def scrub_error_body(body: bytes) -> bytes:
+    """A 4xx JSON body without server file paths (unchanged if it has none)."""
+    if b'File \\"' not in body and b'File "' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error["message"] = _FILE_CONTEXT.sub("", error["message"])
+        return json.dumps(data).encode()
+    return body
+
+
+def _error_response(message: str) -> tuple[dict, dict]:
+    body = json.dumps({"error": {"message": message, "type": "BadRequestError",
+                                 "param": None, "code": 400}}).encode()
+    start = {"type": "http.response.start", "status": 400,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+class ClientErrorMiddleware:
+    """ASGI middleware for ``vllm serve --middleware`` (see above)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        if scope.get("method") == "POST" and _is_json(scope):
+            body, disconnected = await _read_body(receive)
+            problem = None if disconnected else json_body_problem(body)
+            if problem:
+                start, message = _error_response(problem)
+                await send(start)
+                await send(message)
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, _scrubbing(send))
+
+
+def _is_json(scope) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/json"
+    return False
+
+
+async def _read_body(receive) -> tuple[bytes, bool]:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the client's disconnect, if any
+
+    return replay
+
+
+def _scrubbing(send):
+    state: dict = {}
+
+    async def scrubbing_send(message):
+        if message["type"] == "http.response.start":
+            headers = dict((k.lower(), v) for k, v in message.get("headers") or ())
+            if 400 <= message["status"] < 500 and headers.get(
+                    b"content-type", b"").startswith(b"application/json"):
+                state["start"], state["chunks"] = message, []
+                return
+            return await send(message)
+        if "start" not in state or message["type"] != "http.response.body":
+            return await send(message)
+        state["chunks"].append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = scrub_error_body(b"".join(state["chunks"]))
+        start = dict(state.pop("start"))
+        start["headers"] = [(k, v) for k, v in start.get("headers") or ()
+                            if k.lower() != b"content-length"]
+        start["headers"].append((b"content-length", str(len(body)).encode()))
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return scrubbing_send
