@@ -67,7 +67,7 @@ WATCH_INTERVAL_S = 1.0
 def worker_actor_env() -> dict[str, str]:
     """The environment every worker actor is created with (its ``runtime_env``)."""
     names = set(get_env_vars_to_copy(exclude_vars=WORKER_SPECIFIC_ENV_VARS,
-                                     destination="the plugin's Ray workers"))
+                                     destination="vllm-xpu-plugin Ray workers"))
     names.update(FORWARDED_ENV_VARS)
     names.update(n for n in os.environ if n.startswith("VLLM_XPU_PLUGIN_"))
     return {n: os.environ[n] for n in sorted(names - WORKER_SPECIFIC_ENV_VARS)
@@ -159,7 +159,7 @@ class PluginRayExecutor(RayDistributedExecutor):
         node_ranks: dict[str, list[int]] = defaultdict(list)
         for rank, p in enumerate(placements):
             node_ranks[p["node_id"]].append(rank)
-        logger.info("Ray workers: %s", ", ".join(
+        logger.info("Ray worker placement: %s", ", ".join(
             f"rank {r} on {p['node_ip']}" for r, p in enumerate(placements)))
 
         self._env_vars_for_all_workers = [worker_actor_env() for _ in placements]
