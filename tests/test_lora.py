@@ -102,3 +102,74 @@ def test_mixed_batch_every_slot_full_matches_hf_merged(tiny_llama_dir):
     _assert_discriminates([refs[0]], [_references([m2], [p[0]])[0]])
     assert got[0] != got[2], "base and adapter-2 rows on the same prompt gave the same tokens"
     assert_greedy_close(refs, got, tie_margin=TIE_MARGIN)
+
+
+# ----------------------------------------------------------------------- kernels vs float64
+
+def _plan_and_ref_inputs(dtype, rows_slots, num_slots=3, rank=8, n_in=64, n_out=48, seed=0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(rows_slots), n_in, generator=gen).to(dtype)
+    # vLLM's stacks: [slots, 1, rank, in] and [slots, 1, out, rank]; every slot filled.
+    a = torch.randn(num_slots, 1, rank, n_in, generator=gen).to(dtype)
+    b = torch.randn(num_slots, 1, n_out, rank, generator=gen).to(dtype)
+    return x, a, b
+
+
+def _ref_lora(x, a, b, slots, scale):
+    """float64: scale * x @ A^T @ B^T per row; 0 for base rows (slot -1)."""
+    import torch
+
+    out = torch.zeros(x.shape[0], b.shape[2], dtype=torch.float64)
+    for i, s in enumerate(slots):
+        if s >= 0:
+            out[i] = scale * (b[s, 0].double() @ (a[s, 0].double() @ x[i].double()))
+    return out
+
+
+# Decode-like rows (every run one row: bgmv), prompt chunks (runs: sgmv), all base, no base.
+ROW_SLOTS = {
+    "decode_mixed": [-1, 0, 1, -1, 2, 2, 0, -1],
+    "prefill_runs": [-1] * 5 + [2] * 7 + [0] * 3 + [-1] * 2 + [1] * 4,
+    "all_base": [-1] * 6,
+    "all_last_slot": [2] * 5,
+}
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("case", sorted(ROW_SLOTS))
+@pytest.mark.parametrize("buffer_fp32", [False, True])
+def test_shrink_expand_match_float64(dtype_name, case, buffer_fp32):
+    """The kernels the wrapper calls, against float64 math, with every slot filled and base
+    rows among LoRA rows (the -1 rows must get exactly nothing)."""
+    import torch
+
+    from vllm_xpu_plugin.kernels import lora as lora_kernels
+
+    dtype = getattr(torch, dtype_name)
+    slots = ROW_SLOTS[case]
+    x, a, b = _plan_and_ref_inputs(dtype, slots)
+    plan = lora_kernels.plan_step(torch.tensor(slots))
+    scale = 0.5
+    buf = torch.full((len(slots), 8), float("nan"),
+                     dtype=torch.float32 if buffer_fp32 else lora_kernels.buffer_dtype(dtype))
+    lora_kernels.shrink(buf, x, a, plan, scale)
+    # y has the expanded slice in the middle of wider rows, as in a packed qkv output.
+    y0 = torch.randn(len(slots), 48 + 20).to(dtype)
+    y = y0.clone()
+    lora_kernels.expand(y, buf, b, plan, 7, 48, add=True)
+    ref = _ref_lora(x, a, b, slots, scale)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+    got = y.double() - y0.double()
+    scale_ref = ref.abs().max().item() or 1.0
+    assert torch.isfinite(got).all()
+    assert (got[:, :7] == 0).all() and (got[:, 55:] == 0).all(), "wrote outside the slice"
+    err = (got[:, 7:55] - ref).abs().max().item() / scale_ref
+    assert err < tol, (case, dtype_name, err)
+    for i, s in enumerate(slots):
+        if s < 0:
+            assert (y[i] == y0[i]).all(), f"base row {i} changed"

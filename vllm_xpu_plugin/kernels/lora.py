@@ -14,9 +14,10 @@ Semantics the plugin's punica wrapper (vllm_xpu_plugin/lora/punica_wrapper.py) r
 
 Kernels, measured on IPEX 2.8.0 (CPU build):
 
-- bf16 / fp16: ``ipex.llm.functional`` ``bgmv_shrink`` / ``bgmv_expand_slice`` when every
-  segment is one token (decode steps) and ``sgmv_shrink`` / ``sgmv_expand_slice`` when a
-  step has prompt chunks. The CPU kernels want 3-D weights ``[slots, rows, cols]``, the
+- bf16 / fp16: ``ipex.llm.functional`` ``bgmv_shrink`` / ``bgmv_expand_slice`` (one
+  adapter index per row) for decode and prompt rows alike. The CPU ``sgmv_*`` kernels are
+  not used: with runs of different lengths they mis-place rows and write past their
+  output (measured; the process later aborts with heap corruption). The CPU kernels want 3-D weights ``[slots, rows, cols]``, the
   output in the weights' dtype (shrink) / the input's dtype (expand) and a contiguous
   output; vLLM hands 4-D stacks and fp32 buffers, so these are adapted here.
 - float32: the CPU kernels silently do nothing (output left untouched, no error), so
@@ -50,13 +51,6 @@ class StepPlan:
     row_slots: torch.Tensor
     # [num_rows, 1] bool: base rows (zeroed after shrink), None when there are none.
     base_rows: Optional[torch.Tensor]
-    # Runs of consecutive rows with the same slot (sgmv): lengths and slots (base -> 0).
-    seg_lens: torch.Tensor
-    seg_slots: torch.Tensor
-    seg_starts: torch.Tensor
-    max_seg_len: int
-    # True when every run is one row: decode steps use the bgmv kernels.
-    single_row_segments: bool
     # The torch path: (slot, rows) per adapter in use; rows is a slice or an index tensor.
     groups: list = field(default_factory=list)
 
@@ -94,16 +88,10 @@ def plan_step(row_lora_indices: torch.Tensor) -> StepPlan:
     has_base = any(s < 0 for s in idx)
     clamped = indices.clamp(min=0)
     base_rows = (indices < 0).to(dev).view(-1, 1) if has_base and active else None
-    seg_lens = torch.tensor(lens, dtype=torch.long)
     return StepPlan(
         num_rows=n,
         row_slots=clamped.to(dev),
         base_rows=base_rows,
-        seg_lens=seg_lens.to(dev),
-        seg_slots=torch.tensor([max(s, 0) for s in slots], dtype=torch.long, device=dev),
-        seg_starts=torch.tensor(starts, dtype=torch.long, device=dev),
-        max_seg_len=max(lens) if lens else 0,
-        single_row_segments=all(ln == 1 for ln in lens),
         groups=groups,
     )
 
@@ -205,11 +193,8 @@ def _cpu_ipex_shrink(out, x, a, plan, scale):
     r = a.shape[1]
     target, copied = _contiguous_like(out[:, :r] if out.shape[1] != r else out, a.dtype)
     x = x.to(a.dtype).contiguous()
-    if plan.single_row_segments:
-        f.bgmv_shrink(x, a, target, plan.row_slots, scale)
-    else:
-        f.sgmv_shrink(x, a, target, plan.seg_starts, plan.seg_lens, plan.seg_slots,
-                      len(plan.seg_lens), plan.max_seg_len, scale)
+    # bgmv for prompt chunks too: see _cpu_ipex_expand.
+    f.bgmv_shrink(x, a, target, plan.row_slots, scale)
     if copied:
         out[:, :r].copy_(target)
 
@@ -222,11 +207,11 @@ def _cpu_ipex_expand(out, t, b, plan, offset, size, add):
     if copied:
         target.copy_(out)
     t = t.to(b.dtype).contiguous()
-    if plan.single_row_segments:
-        f.bgmv_expand_slice(t, b, target, plan.row_slots, offset, size, add)
-    else:
-        f.sgmv_expand_slice(t, b, target, plan.seg_starts, plan.seg_lens, plan.seg_slots,
-                            len(plan.seg_lens), plan.max_seg_len, offset, size, add)
+    # bgmv for every step: IPEX 2.8's CPU sgmv kernels go wrong when runs of rows have
+    # different lengths (sgmv_expand_slice, runs [1, 2]: row 1 gets nothing and memory past
+    # the output is written; sgmv_shrink on [1,1,1,1,2,1,1] aborts the process later with
+    # heap corruption). docs/lora.md has the measurements.
+    f.bgmv_expand_slice(t, b, target, plan.row_slots, offset, size, add)
     if copied:
         out[:, offset:offset + size].copy_(target[:, offset:offset + size])
 
