@@ -160,6 +160,12 @@ def test_bert_embeddings_match_hf(bert_dir, pooling):
     prompts = random_prompts()
     with pooling_llm(bert_dir, pooler_config=PoolerConfig(pooling_type=pooling)) as llm:
         outs = llm.embed(tokens(prompts) + [TEXT], use_tqdm=False)
+        # Not a Matryoshka model: vLLM refuses `dimensions` (the server test serves it as one).
+        from vllm import PoolingParams
+
+        with pytest.raises(ValueError, match="dimensions"):
+            llm.embed(tokens(prompts[:1]), pooling_params=PoolingParams(dimensions=32),
+                      use_tqdm=False)
     text_ids = list(outs[-1].prompt_token_ids)
     ref = [pool(h, pooling) for h in hf_hidden_states(bert_dir, prompts + [text_ids])]
     assert_vectors_close([o.outputs.embedding for o in outs], ref, f"BertModel {pooling}")
@@ -340,3 +346,15 @@ def test_decoder_last_token_embeddings_match_hf():
         outs = llm.embed(tokens(prompts), use_tqdm=False)
     ref = [pool(h, "LAST") for h in hf_hidden_states(model_dir, prompts, "Qwen3Model")]
     assert_vectors_close([o.outputs.embedding for o in outs], ref, "Qwen3 LAST")
+
+
+def test_bert_with_last_pooling_is_refused_at_startup(bert_dir):
+    """LAST pooling makes vLLM enable chunked prefill; the encoder-only layers would then see
+    partial prompts, so the engine refuses to start, naming the flag that fixes it. Last in
+    this file: a failed in-process engine start leaves state behind."""
+    from vllm.config import PoolerConfig
+
+    with pytest.raises(Exception, match="--no-enable-chunked-prefill"):  # noqa: SIM117
+        with pooling_llm(bert_dir, pooler_config=PoolerConfig(pooling_type="LAST")):
+            pass
+
