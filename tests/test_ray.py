@@ -142,9 +142,12 @@ def test_killed_ray_worker_makes_server_exit(tiny_llama_dir, ray_cluster):
 
         def load():
             while not stop.is_set() and server.proc.poll() is None:
-                server.post("/v1/completions", {"model": "model", "prompt": PROMPTS[2],
-                                                "max_tokens": 200, "ignore_eos": True},
-                            timeout=EXIT_BOUND_S + 30)
+                try:
+                    server.post("/v1/completions", {"model": "model", "prompt": PROMPTS[2],
+                                                    "max_tokens": 200, "ignore_eos": True},
+                                timeout=EXIT_BOUND_S + 30)
+                except OSError:  # the server went down under this request: expected
+                    return
 
         client = threading.Thread(target=load, daemon=True)
         client.start()
@@ -160,4 +163,6 @@ def test_killed_ray_worker_makes_server_exit(tiny_llama_dir, ray_cluster):
             f"server still running {exited_after:.0f}s after a Ray worker was killed:\n"
             + server.log_tail(60))
         assert exited_after <= EXIT_BOUND_S, f"exited after {exited_after:.0f}s"
-        assert "Ray worker actor(s) of rank" in log or "died" in log.lower(), server.log_tail(60)
+        print(f"server exited {exited_after:.1f}s after the Ray worker was killed")
+        # Reported: Ray's ActorDiedError from the compiled DAG, then the dead engine.
+        assert "ActorDiedError" in log and "EngineDeadError" in log, server.log_tail(60)

@@ -18,16 +18,17 @@ tensor/pipeline parallel ranks and shutdown. What differs:
   which is one address for every Ray node on a host).
 - DAG channels. Shared-memory channels between pipeline stages (vLLM does the same for
   its built-in XPU platform; the default would pick a CUDA communicator).
-- Failures. A worker actor that dies makes the executor report it and fail the engine
-  (vLLM 0.11's Ray executor only notices when a compiled-DAG read times out, 300 s).
+
+A worker actor that dies mid-generation needs nothing extra: the compiled DAG's read in
+the engine's step raises Ray's ``ActorDiedError`` at once, the engine core fails and the
+API server exits (tests/test_ray.py bounds it at 60 s).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 import ray
 import vllm.envs as vllm_envs
@@ -60,8 +61,6 @@ FORWARDED_ENV_VARS = (
 WORKER_SPECIFIC_ENV_VARS = {"VLLM_HOST_IP", "VLLM_HOST_PORT", "LOCAL_RANK",
                             "CUDA_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
                             "ONEAPI_DEVICE_SELECTOR"}
-# How often the liveness watcher asks Ray about the worker actors.
-WATCH_INTERVAL_S = 1.0
 
 
 def worker_actor_env() -> dict[str, str]:
@@ -92,7 +91,6 @@ class PluginRayExecutor(RayDistributedExecutor):
         if self.parallel_config.placement_group is None:
             self._connect_and_reserve()
         super()._init_executor()
-        self._start_watcher()
 
     # ------------------------------------------------------------------ placement
 
@@ -188,70 +186,3 @@ class PluginRayExecutor(RayDistributedExecutor):
                               for pp in range(parallel.pipeline_parallel_size)]
         self.tp_driver_workers = [w for i, w in enumerate(self.workers) if i and i % tp == 0]
         self.non_driver_workers = [w for i, w in enumerate(self.workers) if i % tp != 0]
-
-    # ------------------------------------------------------------------ failures
-
-    def _start_watcher(self) -> None:
-        self._failure_callback = None
-        self._failed: Optional[str] = None
-        self._stop_watching = threading.Event()
-        self._watcher = threading.Thread(target=self._watch_workers, daemon=True,
-                                         name="vllm-xpu-plugin-ray-watch")
-        self._watcher.start()
-
-    def register_failure_callback(self, callback) -> None:
-        if self._failed is not None:
-            callback()
-        else:
-            self._failure_callback = callback
-
-    def _watch_workers(self) -> None:
-        """A dead worker actor fails the engine at once (instead of a compiled-DAG read
-        timing out minutes later): its ``__ray_ready__`` call resolves with an error."""
-        pending = {a.__ray_ready__.remote(): rank for rank, a in enumerate(self.workers)}
-        # __ray_ready__ returns at once for live actors; after that, a never-finishing
-        # probe per actor is not available, so poll the actors' state instead.
-        ray.wait(list(pending), num_returns=len(pending), timeout=60)
-        while not self._stop_watching.wait(WATCH_INTERVAL_S):
-            dead = self._dead_workers()
-            if dead:
-                self._failed = (f"Ray worker actor(s) of rank {dead} died (node lost, "
-                                "process killed or out of memory); see the Ray logs")
-                logger.error("vllm-xpu-plugin: %s; shutting the engine down", self._failed)
-                self.is_failed = True
-                if self._failure_callback is not None:
-                    self._failure_callback()
-                self._teardown_dag()
-                return
-
-    def _dead_workers(self) -> list[int]:
-        from ray.util.state import get_actor
-
-        dead = []
-        for rank, actor in enumerate(self.workers):
-            try:
-                state = get_actor(actor._actor_id.hex(), timeout=10)
-            except Exception:  # the state API is busy: ask again next round
-                continue
-            if state is not None and state.state == "DEAD":
-                dead.append(rank)
-        return dead
-
-    def _teardown_dag(self) -> None:
-        # Reading from a torn-down compiled DAG raises at once in the engine's step.
-        dag = getattr(self, "forward_dag", None)
-        if dag is not None:
-            try:
-                dag.teardown()
-            except Exception as e:  # already broken by the dead actor
-                logger.debug("compiled DAG teardown after a worker failure: %s", e)
-
-    def check_health(self) -> None:
-        if self._failed is not None:
-            raise RuntimeError(f"vllm-xpu-plugin: {self._failed}")
-
-    def shutdown(self) -> None:
-        stop = getattr(self, "_stop_watching", None)
-        if stop is not None:
-            stop.set()
-        super().shutdown()
