@@ -173,3 +173,104 @@ def test_shrink_expand_match_float64(dtype_name, case, buffer_fp32):
     for i, s in enumerate(slots):
         if s < 0:
             assert (y[i] == y0[i]).all(), f"base row {i} changed"
+
+
+# ----------------------------------------------------------------------- the IPEX path e2e
+
+
+def test_mixed_batch_bf16_runs_ipex_kernels(tiny_llama_dir):
+    """bf16 runs IPEX's bgmv kernels (float32 runs grouped torch matmuls). Same batch as the
+    float32 case, every slot full; bf16 noise (~0.05-0.4 nats on the tiny model) allows
+    near-ties of 0.5 nats against the float32 HF reference over the first 8 tokens."""
+    a1, a2 = build_adapter(tiny_llama_dir, ADAPTER_1), build_adapter(tiny_llama_dir, ADAPTER_2)
+    m1 = build_merged_model(tiny_llama_dir, ADAPTER_1)
+    m2 = build_merged_model(tiny_llama_dir, ADAPTER_2)
+    p = _prompts([12, 30, 7], seed=21)
+    prompts = [p[0], p[1], p[0], p[2]]
+    requests = [None, _lora_request("a1", 1, a1), _lora_request("a2", 2, a2), None]
+    llm = _make_llm(tiny_llama_dir, dtype="bfloat16")
+    try:
+        got = _tokens(_generate(llm, prompts, requests, max_tokens=8))
+    finally:
+        _shutdown(llm)
+    refs = [hf_greedy(d, [q], 8, ignore_eos=True)[0]
+            for d, q in zip([tiny_llama_dir, m1, m2, tiny_llama_dir], prompts, strict=True)]
+    assert got[0] != got[2], "base and adapter-2 rows on the same prompt gave the same tokens"
+    assert_greedy_close(refs, got, tie_margin=0.5)
+
+
+# ----------------------------------------------------------------------- the other mixes
+
+ADAPTER_R4_MLP = AdapterSpec(rank=4, alpha=8.0, seed=3,
+                             target_modules=("k_proj", "gate_proj", "up_proj"))
+ADAPTER_R8_ALL = AdapterSpec(rank=8, alpha=8.0, seed=4,
+                             target_modules=("q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"))
+
+
+def _run_and_check(llm, model_dir, prompts, specs, names_ids, **gen_kwargs):
+    """Generate prompt i with adapter specs[i] (None = base) and compare with HF merged."""
+    requests = [None if s is None else _lora_request(*names_ids[s],
+                                                     build_adapter(model_dir, s))
+                for s in specs]
+    outs = _generate(llm, prompts, requests, **gen_kwargs)
+    dirs = [model_dir if s is None else build_merged_model(model_dir, s) for s in specs]
+    refs = _references(dirs, prompts)
+    for k in range(len(outs[0].outputs)):
+        assert_greedy_close(refs, [list(o.outputs[k].token_ids) for o in outs],
+                            tie_margin=TIE_MARGIN)
+    return outs
+
+
+@pytest.mark.slow
+def test_more_adapters_than_slots_ranks_targets_chunked_prefill_prefix_cache(tiny_llama_dir):
+    """4 adapters (ranks 8/8/4/8; q/v/o/down, k/gate/up, all seven) through 2 GPU slots and
+    3 CPU slots (swapping and reloading from disk), base rows among them; 32-token chunked
+    prefill; prefix caching with base and LoRA rows on the same prompts, twice (the second
+    round hits the cache, and a LoRA row must never reuse base KV blocks or vice versa)."""
+    specs_all = [ADAPTER_1, ADAPTER_2, ADAPTER_R4_MLP, ADAPTER_R8_ALL]
+    names_ids = {s: (f"a{i + 1}", i + 1) for i, s in enumerate(specs_all)}
+    shared = _prompts([70], seed=5)[0]
+    other = _prompts([5, 33, 64, 18], seed=6)
+    prompts = [shared, shared, other[0], shared, other[1], other[2], shared, other[3]]
+    specs = [None, ADAPTER_1, ADAPTER_2, ADAPTER_R4_MLP, ADAPTER_R8_ALL, None, ADAPTER_R8_ALL,
+             ADAPTER_1]
+    llm = _make_llm(tiny_llama_dir, max_loras=2, max_cpu_loras=3, enable_chunked_prefill=True,
+                    max_num_batched_tokens=32, enable_prefix_caching=True, block_size=16)
+    try:
+        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)
+        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)  # prefix-cache hits
+    finally:
+        _shutdown(llm)
+
+
+@pytest.mark.slow
+def test_preemption_and_n2_with_full_slots(tiny_llama_dir):
+    """A 24-block KV cache for 8 requests of ~100 tokens: the scheduler preempts and
+    recomputes; n=2 greedy (both samples must be HF's greedy). Slots full throughout."""
+    names_ids = {ADAPTER_1: ("a1", 1), ADAPTER_2: ("a2", 2)}
+    prompts = _prompts([60, 45, 80, 30, 70, 50, 66, 40], seed=9)
+    specs = [None, ADAPTER_1, ADAPTER_2, None, ADAPTER_2, ADAPTER_1, None, ADAPTER_2]
+    llm = _make_llm(tiny_llama_dir, block_size=16, num_gpu_blocks_override=24,
+                    max_model_len=256, disable_log_stats=False)
+    try:
+        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids, n=2)
+        preempted = sum(m.value for m in llm.get_metrics()
+                        if m.name == "vllm:num_preemptions")
+    finally:
+        _shutdown(llm)
+    assert preempted > 0, "the small KV cache did not force a preemption"
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_mixed_batch(tiny_llama_dir):
+    """TP=2 (gloo, two worker processes): row-parallel LoRA all-reduces its shrunk buffer."""
+    names_ids = {ADAPTER_1: ("a1", 1), ADAPTER_R8_ALL: ("a4", 4)}
+    prompts = _prompts([9, 23, 9, 40], seed=13)
+    specs = [None, ADAPTER_1, ADAPTER_R8_ALL, None]
+    llm = _make_llm(tiny_llama_dir, tensor_parallel_size=2,
+                    distributed_executor_backend="mp")
+    try:
+        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)
+    finally:
+        _shutdown(llm)
