@@ -206,3 +206,33 @@ def kv_cache_shape(
     if kv_cache_layout() == "HND":
         return (2, num_blocks, num_kv_heads, block_size, head_size)
     return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+
+# --------------------------------------------------------------------------- KV-cache dtype
+# --kv-cache-dtype: vLLM allocates an fp8 cache as uint8; the IPEX kernels read the cache's
+# torch dtype (CPU: measured, a uint8 cache fails "expected scalar type Float"; XPU 2.8.10:
+# convert_from_fp8 in mha_fusion.py dispatches on key_cache.dtype). The plugin views it as
+# the float8 dtype it stores. "fp8" is e5m2 on both devices: the CPU kernel takes only e5m2
+# ("not supported kv_cahce_dtype" for e4m3), and IPEX's XPU kernel would read a bare "fp8"
+# as e4m3 (CacheOps.cpp), so the alias is resolved here to keep one format everywhere.
+KV_CACHE_FLOAT8 = {"fp8": torch.float8_e5m2, "fp8_e5m2": torch.float8_e5m2,
+                   "fp8_e4m3": torch.float8_e4m3fn}
+
+
+def kv_cache_dtypes() -> tuple[str, ...]:
+    """The --kv-cache-dtype values the paged-attention kernels take on this device."""
+    if is_cpu_mode():
+        return ("auto", "fp8", "fp8_e5m2")
+    # XPU-only: IPEX 2.8.10+xpu reshape_and_cache_flash / flash_attn_varlen_func also
+    # store and read e4m3 (unscaled: k_scale = v_scale = 1).
+    return ("auto", "fp8", "fp8_e5m2", "fp8_e4m3")
+
+
+def kv_cache_kernel_dtype(cache_dtype: str) -> str:
+    """The kv_cache_dtype string the IPEX kernels get for ``--kv-cache-dtype cache_dtype``."""
+    return "fp8_e5m2" if cache_dtype == "fp8" else cache_dtype
+
+
+def kv_cache_view_dtype(cache_dtype: str) -> Optional[torch.dtype]:
+    """The dtype the kernels must see the allocated cache as (None: as allocated)."""
+    return KV_CACHE_FLOAT8.get(cache_dtype)

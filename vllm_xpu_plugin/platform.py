@@ -134,10 +134,11 @@ class XPUPluginPlatform(Platform):
                 raise PluginConfigError(
                     f"--block-size {cache_config.block_size} is not supported by the IPEX "
                     f"attention kernels; use one of {SUPPORTED_BLOCK_SIZES}")
-            if cache_config.cache_dtype != "auto":
+            if cache_config.cache_dtype not in device.kv_cache_dtypes():
                 raise PluginConfigError(
-                    f"--kv-cache-dtype {cache_config.cache_dtype} is not supported by "
-                    "vllm-xpu-plugin; use --kv-cache-dtype auto")
+                    f"--kv-cache-dtype {cache_config.cache_dtype} is not supported by the "
+                    f"IPEX attention kernels on {device.device_type()}; use one of "
+                    f"{', '.join(device.kv_cache_dtypes())}")
             if device.is_cpu_mode():
                 cache_config.cpu_kvcache_space_bytes = int(
                     envs.VLLM_XPU_PLUGIN_CPU_KVCACHE_GB * (1 << 30))
@@ -299,7 +300,7 @@ class XPUPluginPlatform(Platform):
     @classmethod
     def is_kv_cache_dtype_supported(cls, kv_cache_dtype: str,
                                     model_config: ModelConfig) -> bool:
-        return False
+        return kv_cache_dtype in device.kv_cache_dtypes()
 
     @classmethod
     def support_hybrid_kv_cache(cls) -> bool:

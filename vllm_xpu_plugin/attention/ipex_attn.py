@@ -211,6 +211,8 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         self.scale = float(scale)
         self.num_kv_heads = num_kv_heads
         self.kv_cache_dtype = kv_cache_dtype
+        self._kernel_kv_dtype = device.kv_cache_kernel_dtype(kv_cache_dtype)
+        self._cache_view_dtype = device.kv_cache_view_dtype(kv_cache_dtype)
         self.attn_type = attn_type
         self.sliding_window = sliding_window
         # A query at position p sees the sliding_window keys p - sliding_window + 1 .. p.
@@ -259,12 +261,14 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         if self.kv_sharing_target_layer_name is None:
             if attn_metadata.kv_write_token_indices is None:
                 attention_kernels.write_kv_cache(
-                    key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+                    key, value, key_cache, value_cache, attn_metadata.slot_mapping,
+                    self._kernel_kv_dtype)
             else:
                 indices = attn_metadata.kv_write_token_indices
                 attention_kernels.write_kv_cache(
                     key.index_select(0, indices), value.index_select(0, indices),
-                    key_cache, value_cache, attn_metadata.kv_write_slot_mapping)
+                    key_cache, value_cache, attn_metadata.kv_write_slot_mapping,
+                    self._kernel_kv_dtype)
 
         attention_kernels.paged_attention_varlen(
             output_rows,
@@ -279,13 +283,18 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             attn_metadata.block_table,
             window_left=self.window_left,
             softcap=self.logits_soft_cap,
+            kv_cache_dtype=self._kernel_kv_dtype,
         )
         return output
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (key_cache, value_cache) of this layer's cache, split once instead of per step.
+        # An fp8 cache is allocated as uint8 and viewed as the float8 dtype it stores.
         if getattr(self, "_cache_views_of", None) is not kv_cache:
-            self._key_value_caches = tuple(kv_cache.unbind(0))
+            cache = kv_cache
+            if self._cache_view_dtype is not None and cache.dtype != self._cache_view_dtype:
+                cache = cache.view(self._cache_view_dtype)
+            self._key_value_caches = tuple(cache.unbind(0))
             self._cache_views_of = kv_cache
         return self._key_value_caches
 
@@ -320,10 +329,10 @@ def _reject_unsupported(
         # (measured on CPU), so a 1-token window would silently attend to everything.
         raise NotImplementedError(
             f"{prefix}sliding window {sliding_window} is not supported (minimum 2)")
-    if kv_cache_dtype != "auto":
+    if kv_cache_dtype not in device.kv_cache_dtypes():
         raise NotImplementedError(
-            f"{prefix}--kv-cache-dtype {kv_cache_dtype} is not supported (fp8 KV cache "
-            "included); use --kv-cache-dtype auto")
+            f"{prefix}--kv-cache-dtype {kv_cache_dtype} is not supported on "
+            f"{device.device_type()}; use one of {', '.join(device.kv_cache_dtypes())}")
     if dcp_world_size > 1:
         raise NotImplementedError(f"{prefix}decode context parallelism is not supported")
     if num_kv_heads <= 0 or num_heads % num_kv_heads != 0:
