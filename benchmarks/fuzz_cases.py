@@ -120,7 +120,8 @@ def sampling_limit_cases(vocab: int, max_len: int) -> list[Case]:
         ("min-tokens-above-max", {"min_tokens": 10, "max_tokens": 4}, BAD),
         ("n-0", {"n": 0}, BAD),
         ("n-64", {"n": 64, "max_tokens": 2, "temperature": 1.0}, OK),
-        ("n-100000", {"n": 100_000, "max_tokens": 1, "temperature": 1.0}, BAD),
+        # vLLM 0.11 has no upper bound on n (20000 one-token samples: ~8 s here): 200.
+        ("n-20000", {"n": 20_000, "max_tokens": 1, "temperature": 1.0}, EITHER),
         ("logprobs-0", {"logprobs": 0}, OK),
         ("logprobs-20", {"logprobs": 20}, OK),
         ("logprobs-21", {"logprobs": 21}, BAD),

@@ -17,10 +17,11 @@ the issue) in the slow suite.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from benchmarks.fuzz import hostile_server, stream_error
+from benchmarks.fuzz import MIDDLEWARE_ARGS, hostile_server, stream_error
 
 NORMAL = {"model": "model", "prompt": [5, 6, 7, 8], "max_tokens": 6, "temperature": 0.0}
 
@@ -81,14 +82,42 @@ def _check_server(server, vocab: int) -> None:
     assert _normal_answer(server) == before
 
 
-def test_out_of_vocab_prompt_ids_get_400_tiny_llama(tiny_llama_dir):
+def _documented_logging_config() -> str:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    block = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    json.loads(block)
+    return block
+
+
+def test_out_of_vocab_prompt_ids_get_400_tiny_llama(tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(tiny_llama_dir).vocab_size
     assert vocab == 768
-    with hostile_server(tiny_llama_dir, ["--dtype", "float32", "--max-model-len", "256"]) \
-            as server:
+    # The prompt-id checks are validate_request's; the middleware (for the body checks
+    # below) never looks at an object body without prompt_embeds.
+    # ...and vLLM's logging configured with docs/reliability.md's file (client-error filter).
+    logging_config = tmp_path / "logging.json"
+    logging_config.write_text(_documented_logging_config())
+    env = {"VLLM_LOGGING_CONFIG_PATH": str(logging_config)}
+    with hostile_server(tiny_llama_dir, ["--dtype", "float32", "--max-model-len", "256",
+                                         *MIDDLEWARE_ARGS], env=env) as server:
         _check_server(server, vocab)
+        # vLLM 0.11 alone: 500 (a JSON array body) and 500 (garbage prompt_embeds without
+        # --enable-prompt-embeds); a 400 whose message names vllm/entrypoints/utils.py.
+        for body in ("[1, 2]", "null", {"model": "model", "prompt_embeds": "QUJD"}):
+            status, data = server.post("/v1/completions", body)
+            assert status == 400, (body, status, data)
+            _one_line_message(data)
+        status, data = server.post("/v1/completions", {**NORMAL, "logprobs": -1})
+        assert status == 400 and "logprobs" in data["error"]["message"], data
+        assert 'File "' not in data["error"]["message"] and ".py" not in json.dumps(data)
+        # A client error vLLM logs with logger.exception: one WARNING line, no ERROR.
+        status, data = server.post("/v1/completions", {**NORMAL, "prompt": [7] * 300})
+        assert status == 400, data
+        log = server.log_path.read_text(errors="replace")
+        assert "(client error, answered 4xx): ValueError" in log
+        assert [line for line in log.splitlines() if " ERROR " in line] == []
         # Chat: the rendered prompt's ids are checked too (all valid here: 200).
         status, data = server.post("/v1/chat/completions", {
             "model": "model", "max_tokens": 2,
@@ -128,3 +157,81 @@ def test_integer_sampling_params_bounded():
     assert "top_k" in sampling_params_problem(SamplingParams(top_k=2 ** 31))
     assert "seed" in sampling_params_problem(SamplingParams(seed=2 ** 64))
     assert "stop_token_ids" in sampling_params_problem(SamplingParams(stop_token_ids=[2 ** 63]))
+
+
+def test_middleware_without_a_server():
+    """The ASGI middleware on a stand-in app: bodies are replayed intact, non-object JSON is
+    answered 400 without reaching the app, 4xx JSON bodies lose file paths."""
+    import asyncio
+
+    from vllm_xpu_plugin.request_checks import ClientErrorMiddleware
+
+    seen = []
+    leaky = json.dumps({"error": {"message": 'bad\n  File "/srv/x.py", line 3, in f'}}).encode()
+
+    async def app(scope, receive, send):
+        msg = await receive()
+        seen.append(msg["body"])
+        status = 400 if msg["body"].startswith(b'{"leak"') else 200
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(leaky)).encode())]})
+        await send({"type": "http.response.body", "body": leaky})
+
+    def call(body: bytes):
+        sent = []
+        chunks = [body[:3], body[3:]]
+
+        async def receive():
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST",
+                 "headers": [(b"content-type", b"application/json")]}
+        asyncio.run(ClientErrorMiddleware(app)(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    assert call(b'{"prompt": [1]}') == (200, leaky) and seen[-1] == b'{"prompt": [1]}'
+    status, body = call(b"[1, 2]")
+    assert status == 400 and b"JSON array" in body and seen[-1] != b"[1, 2]"
+    status, body = call(b'{"leak": 1}')
+    assert status == 400 and json.loads(body)["error"]["message"] == "bad"
+
+
+def test_client_error_log_filter():
+    import logging
+
+    from vllm_xpu_plugin.request_checks import ClientErrorLogFilter
+
+    def record(exc, name="vllm.entrypoints.openai.serving_completion", level=logging.ERROR):
+        try:
+            raise exc
+        except Exception:  # noqa: BLE001
+            import sys
+            return logging.LogRecord(name, level, "f.py", 1, "Error in preprocessing", (),
+                                     sys.exc_info())
+
+    client = record(ValueError("Token id 9 is out of vocabulary\nsecond line"))
+    assert ClientErrorLogFilter().filter(client)
+    assert client.levelname == "WARNING" and client.exc_info is None
+    assert client.getMessage().endswith("ValueError: Token id 9 is out of vocabulary")
+    for real in (record(RuntimeError("engine")), record(ValueError("x"), name="vllm.v1.core")):
+        ClientErrorLogFilter().filter(real)
+        assert real.levelname == "ERROR" and real.exc_info is not None
+
+
+@pytest.mark.slow
+def test_fuzz_suite(tiny_llama_dir):
+    """`make fuzz` (benchmarks/fuzz.py) on the tiny Llama, seed 0, with the middleware."""
+    from benchmarks.fuzz import format_summary, run_fuzz
+    from benchmarks.soak import MAX_MODEL_LEN, SOAK_SERVER_ARGS
+
+    with hostile_server(tiny_llama_dir, [*SOAK_SERVER_ARGS, *MIDDLEWARE_ARGS]) as server:
+        s = run_fuzz(server, vocab=768, max_len=MAX_MODEL_LEN, seed=0, max_seconds=900)
+    print(format_summary(s))
+    assert s["ok"], format_summary(s)
+    assert s["cases"] == s["of_cases"] > 150 and not s["bodies_with_server_paths"]
+    assert s["streams"].get("disconnected", 0) > 0 and s["streams"].get("completed", 0) > 0

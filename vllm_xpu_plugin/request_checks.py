@@ -281,3 +281,33 @@ def _scrubbing(send):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     return scrubbing_send
+
+
+# --------------------------------------------------------------------------- logging
+#
+# vLLM 0.11's serving layer logs every rejected request with logger.exception (ERROR and a
+# traceback) before answering 400: ~16 ERROR lines per bad request, which buries real
+# errors. vLLM's supported VLLM_LOGGING_CONFIG_PATH can attach this filter to its handler
+# (docs/reliability.md has the file): a client error becomes one WARNING line.
+
+CLIENT_ERROR_TYPES = ("ValueError", "TypeError", "OverflowError", "ValidationError",
+                      "TemplateError", "TemplateSyntaxError", "UndefinedError")
+
+
+class ClientErrorLogFilter:
+    """logging filter: ERROR records of ``vllm.entrypoints.*`` whose exception is a client
+    error (a type of CLIENT_ERROR_TYPES, the ones vLLM answers 400) -> one WARNING line.
+    Anything else (other loggers, other exception types, no exception) is left alone."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (exc is not None and record.levelno >= 40
+                and record.name.startswith("vllm.entrypoints")
+                and type(exc).__name__ in CLIENT_ERROR_TYPES):
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            record.msg = f"{record.getMessage()} (client error, answered 4xx): " \
+                         f"{type(exc).__name__}: {first_line}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = 30, "WARNING"
+        return True
