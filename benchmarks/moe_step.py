@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=16, help="decode steps per timed generate")
+    ap.add_argument("--cpu-expert-layout", default="vnni", choices=["vnni", "tpp"],
+                    help="CPU bf16/fp16 experts: fused_experts (vnni) or per-expert TPP")
     add_thread_args(ap)
     args = ap.parse_args(argv)
     threads = pin_threads(args.threads, args.omp_wait_policy)
@@ -119,6 +121,9 @@ def main(argv=None) -> int:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engines in this process
     import random
 
+    from vllm_xpu_plugin.kernels import moe as moe_kernels
+
+    moe_kernels.CPU_LOWP_LAYOUT = args.cpu_expert_layout
     info = machine_info(threads)
     moe_dir, dense_dir = _build(args.layers, args.dtype)
     engines = {"moe": _llm(moe_dir, args.dtype), "dense": _llm(dense_dir, args.dtype)}
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
     print(describe_machine(info))
     print(f"MoE: Qwen3-MoE {args.layers} layers, hidden {HIDDEN}, {NUM_EXPERTS} experts x "
           f"{EXPERT_WIDTH}, top-{TOP_K}; dense: same attention, MLP {TOP_K * EXPERT_WIDTH}; "
-          f"{args.dtype}, prompt {PROMPT_LEN}, {args.steps} steps, median of {args.rounds}")
+          f"{args.dtype}, prompt {PROMPT_LEN}, {args.steps} steps, median of {args.rounds}; "
+          f"CPU expert layout {args.cpu_expert_layout}")
     print(format_table(["batch", "MoE step ms", "dense step ms", "MoE/dense",
                         f"target <= {TARGET_VS_DENSE}x"], rows))
     import torch

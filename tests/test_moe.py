@@ -156,6 +156,23 @@ def test_experts_match_float64_reference(dtype, tol):
     assert (got - want).abs().max() < tol * want.abs().max()
 
 
+def test_tpp_blocked_bf16_experts_match_float64_reference(monkeypatch):
+    """The alternative in-place bf16 layout (each expert TPP-blocked), same bytes."""
+    from vllm_xpu_plugin.kernels import moe as moe_kernels
+
+    monkeypatch.setattr(moe_kernels, "CPU_LOWP_LAYOUT", moe_kernels.LAYOUT_TPP)
+    w13, w2, x, logits = _expert_case(torch.bfloat16)
+    p13 = torch.nn.Parameter(w13.clone(), requires_grad=False)
+    p2 = torch.nn.Parameter(w2.clone(), requires_grad=False)
+    kernel = moe_kernels.ExpertKernel(p13, p2)
+    assert kernel.layout == "tpp"
+    assert p13.untyped_storage().nbytes() == w13.untyped_storage().nbytes()
+    weights, ids = moe_kernels.select_experts(logits, 2, True)
+    got = kernel(x, weights, ids).double()
+    want = _ref_experts(x, w13, w2, _as_dicts(weights, ids))
+    assert (got - want).abs().max() < 3e-2 * want.abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_expert_parallel_halves_sum_to_the_whole(dtype):
     """Two ranks with 4 experts each (expert_map as vLLM builds it) add up to one rank

@@ -129,6 +129,9 @@ def localize(topk_weights: torch.Tensor, topk_ids: torch.Tensor,
 
 LAYOUT_PLAIN = "plain"  # [E, 2I, H] / [E, H, I] as loaded (float32 on the CPU)
 LAYOUT_VNNI = "vnni"  # blocked in place for torch_ipex.fused_experts (CPU bf16/fp16)
+LAYOUT_TPP = "tpp"  # each expert blocked in place for IPEX's TPP GEMM (mixtral_moe_tpp)
+# CPU bf16/fp16 experts: which of the two in-place layouts (benchmarks/moe_step.py A/Bs them).
+CPU_LOWP_LAYOUT = LAYOUT_VNNI
 
 
 class ExpertKernel:
@@ -142,7 +145,10 @@ class ExpertKernel:
         self.fusion = None
         if device.is_cpu_mode():
             if w13.dtype in (torch.bfloat16, torch.float16):
-                self._pack_vnni_in_place()
+                if CPU_LOWP_LAYOUT == LAYOUT_TPP:
+                    self._pack_tpp_in_place()
+                else:
+                    self._pack_vnni_in_place()
             return
         self.fusion = device.ipex().llm.modules.GatedMLPMOE(  # XPU-only
             w13, w2, use_prepack=True)  # XPU-only
@@ -157,6 +163,17 @@ class ExpertKernel:
         # Same shapes, new layout: the parameters now hold the packed bytes only.
         self.w13.data, self.w2.data = packed13, packed2
         self.layout = LAYOUT_VNNI
+
+    def _pack_tpp_in_place(self) -> None:
+        from vllm_xpu_plugin.kernels import gemm
+
+        packed13 = [gemm.cpu_pack_linear_weight(w) for w in self.w13.data]
+        packed2 = [gemm.cpu_pack_linear_weight(w) for w in self.w2.data]
+        if any(p is None for p in packed13 + packed2) or self.intermediate % 16:
+            return  # TPP does not take these shapes: per-expert kernel on the plain weights
+        # Blocked [out/16, ...]: the first half of w13's output blocks is the gate.
+        self.w13.data, self.w2.data = torch.stack(packed13), torch.stack(packed2)
+        self.layout = LAYOUT_TPP
 
     def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                  expert_map: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -184,7 +201,9 @@ class ExpertKernel:
         start = int((flat < 0).sum())  # off-rank pairs (id -1) sort first
         out = torch.zeros_like(x)
         weights = topk_weights.to(x.dtype)
-        inter = self.intermediate
+        # Gate/up split: rows of the plain weight, or output blocks of the TPP-blocked one.
+        inter = self.intermediate if self.layout == LAYOUT_PLAIN else self.w13.shape[1] // 2
+        blocked = self.layout == LAYOUT_TPP
         for expert, count in enumerate(counts):
             if not count:
                 continue
@@ -193,5 +212,5 @@ class ExpertKernel:
             w13 = self.w13[expert]
             out = device.ipex_ops().mixtral_moe_tpp(
                 x, pairs // top_k, pairs % top_k, w13[:inter], w13[inter:], self.w2[expert],
-                True, weights, out, False)
+                not blocked, weights, out, False)
         return out
