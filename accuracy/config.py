@@ -29,6 +29,8 @@ ENGINE_KEYS = (
     "gpu_memory_utilization",
     "enforce_eager",
     "seed",
+    # "fp8" / "fp8_e5m2": the fp8 KV-cache config (SmolLM2-135M-Instruct-bf16-fp8kv).
+    "kv_cache_dtype",
     # CPU mode only: the KV cache's size in GiB (VLLM_XPU_PLUGIN_CPU_KVCACHE_GB; the plugin's
     # default, 4, lets the OOM killer take engines on a small shared machine).
     "cpu_kvcache_gb",
