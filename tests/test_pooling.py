@@ -174,7 +174,8 @@ def test_bert_embeddings_match_hf(bert_dir, pooling):
 # ---------------------------------------------------------------------------- the kernel path
 
 
-def _encoder_impl(num_heads, num_kv_heads, head_size, scale, **config_kwargs):
+def _encoder_impl(num_heads, num_kv_heads, head_size, scale, sliding_window=None,
+                  **config_kwargs):
     from vllm.attention.backends.abstract import AttentionType
     from vllm.config import SchedulerConfig, VllmConfig, set_current_vllm_config
 
@@ -184,27 +185,35 @@ def _encoder_impl(num_heads, num_kv_heads, head_size, scale, **config_kwargs):
                                    "max_num_batched_tokens": 512, **config_kwargs})
     with set_current_vllm_config(VllmConfig(scheduler_config=scheduler)):
         return IPEXAttentionImpl(num_heads, head_size, scale, num_kv_heads,
+                                 sliding_window=sliding_window,
                                  attn_type=AttentionType.ENCODER_ONLY)
 
 
-def _sdpa_reference(q, k, v, lengths, scale) -> torch.Tensor:
-    """Plain float64 softmax(q k^T * scale) v per sequence, no mask."""
+def _sdpa_reference(q, k, v, lengths, scale, window=None) -> torch.Tensor:
+    """Plain float64 softmax(q k^T * scale) v per sequence; a window keeps |i - j| <= w."""
     out, start = [], 0
     rep = q.shape[1] // k.shape[1]
     for n in lengths:
         qs, ks, vs = (t[start:start + n].double().transpose(0, 1) for t in (q, k, v))
         ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
-        out.append((torch.softmax(qs @ ks.transpose(1, 2) * scale, -1) @ vs).transpose(0, 1))
+        logits = qs @ ks.transpose(1, 2) * scale
+        if window is not None:
+            pos = torch.arange(n)
+            logits = logits.masked_fill((pos[:, None] - pos[None, :]).abs() > window,
+                                        float("-inf"))
+        out.append((torch.softmax(logits, -1) @ vs).transpose(0, 1))
         start += n
     return torch.cat(out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("heads,kv_heads,head_size,scale", [
-    (4, 4, 32, 32 ** -0.5),  # BERT: multi-head, the default scale
-    (8, 2, 64, 0.3),  # GQA and a scale other than 1/sqrt(head_size)
+@pytest.mark.parametrize("heads,kv_heads,head_size,scale,window", [
+    (4, 4, 32, 32 ** -0.5, None),  # BERT: multi-head, the default scale
+    (8, 2, 64, 0.3, None),  # GQA and a scale other than 1/sqrt(head_size)
+    (4, 2, 32, 0.2, 8),  # ModernBERT-style local layer: |i - j| <= 8
 ])
-def test_encoder_only_attention_matches_plain_softmax(dtype, heads, kv_heads, head_size, scale):
+def test_encoder_only_attention_matches_plain_softmax(dtype, heads, kv_heads, head_size, scale,
+                                                      window):
     """The impl as vLLM's EncoderOnlyAttention builds it (vLLM's non-causal builder subclass
     of the plugin's), on a fused-qkv batch with padding rows, vs float64 softmax."""
     from vllm.attention.layers.encoder_only_attention import (
@@ -242,11 +251,12 @@ def test_encoder_only_attention_matches_plain_softmax(dtype, heads, kv_heads, he
     metadata = builder.build(0, common)
     assert metadata.causal is False
 
-    impl = _encoder_impl(heads, kv_heads, head_size, scale)
+    impl = _encoder_impl(heads, kv_heads, head_size, scale, sliding_window=window)
     output = torch.full((num_tokens + padding, heads, head_size), 7.0, dtype=dtype)
     impl.forward(None, q, k, v, torch.tensor([]), metadata, output=output)
 
-    want = _sdpa_reference(q[:num_tokens], k[:num_tokens], v[:num_tokens], lengths, scale)
+    want = _sdpa_reference(q[:num_tokens], k[:num_tokens], v[:num_tokens], lengths, scale,
+                           window)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(output[:num_tokens].double(), want, **tol)
     assert bool((output[num_tokens:] == 7.0).all()), "padding rows were written"
@@ -347,6 +357,22 @@ def test_decoder_last_token_embeddings_match_hf():
     ref = [pool(h, "LAST") for h in hf_hidden_states(model_dir, prompts, "Qwen3Model")]
     assert_vectors_close([o.outputs.embedding for o in outs], ref, "Qwen3 LAST")
 
+
+def test_modernbert_local_and_global_layers_match_hf():
+    """ModernBERT: rotary positions, local layers with a +-8 window (prompts up to 301
+    tokens), a global layer; CLS pooling. Guard: the window changes HF's output."""
+    from tests.fixtures.tiny_models import build_tiny_model
+
+    model_dir = tiny_encoder("modernbert")
+    prompts = random_prompts(seed=4)
+    with pooling_llm(model_dir) as llm:
+        outs = llm.embed(tokens(prompts), use_tqdm=False)
+    ref = [pool(h, "CLS") for h in hf_hidden_states(model_dir, prompts, "ModernBertModel")]
+    assert_vectors_close([o.outputs.embedding for o in outs], ref, "ModernBERT CLS")
+    wide = build_tiny_model("modernbert", local_attention=1024)  # same weights, no window
+    unwindowed = [pool(h, "CLS") for h in hf_hidden_states(wide, prompts[-1:],
+                                                           "ModernBertModel")]
+    assert float((unwindowed[0] - ref[-1]).abs().max()) > 100 * ATOL
 
 def test_bert_with_last_pooling_is_refused_at_startup(bert_dir):
     """LAST pooling makes vLLM enable chunked prefill; the encoder-only layers would then see

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 def reject_unsupported(prefix: str, sliding_window: Optional[int],
                        logits_soft_cap: Optional[float]) -> None:
     """Raise one line naming the first encoder-only option the kernel path cannot do."""
-    if sliding_window is not None:
+    if sliding_window is not None and sliding_window < 1:
         raise NotImplementedError(
-            f"{prefix}encoder-only attention with a sliding window ({sliding_window}) is "
+            f"{prefix}encoder-only attention with a sliding window of {sliding_window} is "
             "not supported")
     if logits_soft_cap:
         raise NotImplementedError(
@@ -62,6 +62,9 @@ def forward(
     # Whole prompts: each request's keys are its queries (query_start_loc for both).
     cu_seqlens = attn_metadata.query_start_loc
     max_len = attn_metadata.max_query_len
+    # A local layer's window w (ModernBERT: local_attention // 2) means |i - j| <= w, as in
+    # transformers' ModernBERT mask (vLLM's FlashAttention backend uses w - 1).
+    window = -1 if impl.sliding_window is None else impl.sliding_window
     attention_kernels.varlen_attention(
         output, query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, impl.scale,
-        causal=False)
+        causal=False, window=window)
