@@ -20,8 +20,14 @@ Experts, CPU mode: the weights stay in the layer's ``w13_weight`` [E, 2I, H] /
 - float32 (and shapes that kernel does not take): ``torch_ipex.mixtral_moe_tpp``, the
   per-expert kernel ``ipex.llm.modules.GatedMLPMOE`` runs on the CPU, over the experts
   that received tokens only (GatedMLPMOE visits every expert).
-Intel GPU: ``ipex.llm.modules.GatedMLPMOE`` (as vLLM's own XPU path), fed this module's
-routing through its ``custom_routing_function`` argument.
+Intel GPU: ``ipex.llm.modules.GatedMLPMOE`` (as vLLM's own XPU path). Its XPU module
+(IPEX v2.8.10+xpu, transformers/models/xpu/fusions/linear_fusion.py
+``_IPEXGatedMLPMOEXPU``) always picks the experts itself with ``topk_softmax`` on the
+router logits over all of its experts (a custom routing function only replaces the
+weights, renormalisation happens in its ``moe_gather``), and transposes the weights in
+place (one copy). So on the GPU only plain softmax top-k routing, without expert
+parallelism, is computed the same way; the rest is refused (:func:`unsupported_routing`,
+:func:`unsupported_expert_parallel`).
 """
 
 from __future__ import annotations
@@ -114,6 +120,37 @@ def _scaled(weights: torch.Tensor, factor: Optional[float]) -> torch.Tensor:
     return weights if factor in (None, 1.0) else weights * factor
 
 
+def unsupported_routing(use_grouped_topk: bool, e_score_correction_bias, custom_routing_function,
+                        use_ep: bool) -> Optional[str]:
+    """Why a FusedMoE layer's routing cannot run on this device's MoE kernel, or None."""
+    if device.is_cpu_mode():
+        return None
+    if use_grouped_topk or e_score_correction_bias is not None:  # XPU-only
+        return "grouped / score-bias MoE routing is not supported on Intel GPUs yet"  # XPU-only
+    if custom_routing_function is not None:  # XPU-only
+        return "a model-specific MoE routing function is not supported on Intel GPUs yet"  # XPU-only
+    return unsupported_expert_parallel() if use_ep else None  # XPU-only
+
+
+def unsupported_expert_parallel() -> Optional[str]:
+    """Why --enable-expert-parallel cannot run on this device's MoE kernel, or None."""
+    if device.is_cpu_mode():
+        return None
+    return "--enable-expert-parallel is not supported on Intel GPUs yet"  # XPU-only
+
+
+def fused_moe(kernel: ExpertKernel, x: torch.Tensor, router_logits: torch.Tensor, top_k: int,
+              renormalize: bool, expert_map: Optional[torch.Tensor] = None,
+              **routing) -> torch.Tensor:
+    """Route (:func:`select_experts` options in ``routing``) and run the experts."""
+    if kernel.fusion is not None:
+        # XPU-only: GatedMLPMOE routes itself (softmax top-k; see unsupported_routing).
+        return kernel.fusion(x, False, top_k, router_logits, renormalize)  # XPU-only
+    topk_weights, topk_ids = select_experts(router_logits, top_k, renormalize,
+                                            hidden_states=x, **routing)
+    return kernel(x, topk_weights, topk_ids, expert_map)
+
+
 def localize(topk_weights: torch.Tensor, topk_ids: torch.Tensor,
              expert_map: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Expert parallel: global ids -> this rank's expert ids; a pair routed to another
@@ -177,12 +214,8 @@ class ExpertKernel:
 
     def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                  expert_map: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) for each token t."""
-        if self.fusion is not None:
-            weights, ids = localize(topk_weights, topk_ids, expert_map)  # XPU-only
-            routed = (weights.to(x.dtype), ids)  # XPU-only
-            return self.fusion(x, False, ids.shape[1], weights, False,  # XPU-only
-                               custom_routing_function=lambda **_: routed)  # XPU-only
+        """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) for each token t (CPU
+        mode; on an Intel GPU :func:`fused_moe` calls GatedMLPMOE instead)."""
         x = x.contiguous()
         if self.layout == LAYOUT_VNNI:
             weights, ids = localize(topk_weights, topk_ids, expert_map)

@@ -60,14 +60,13 @@ class IPEXUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
         logical_to_physical_map: Optional[torch.Tensor] = None,
         logical_replica_count: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        topk_weights, topk_ids = moe_kernels.select_experts(
-            router_logits, top_k, renormalize, hidden_states=x,
+        return moe_kernels.fused_moe(
+            layer.ipex_experts, x, router_logits, top_k, renormalize, expert_map,
             use_grouped_topk=use_grouped_topk, num_expert_group=num_expert_group,
             topk_group=topk_group, scoring_func=scoring_func,
             routed_scaling_factor=routed_scaling_factor,
             e_score_correction_bias=e_score_correction_bias,
             custom_routing_function=custom_routing_function)
-        return layer.ipex_experts(x, topk_weights, topk_ids, expert_map)
 
     # With "-unquantized_fused_moe" in custom_ops vLLM calls forward_native, which it bound
     # to forward_cuda for out-of-tree platforms; the IPEX path is the only one that runs.

@@ -54,6 +54,12 @@ def config_problem(vllm_config: VllmConfig) -> Optional[str]:
     parallel = vllm_config.parallel_config
     if parallel.enable_eplb:
         return f"{name}: --enable-eplb is not supported by vllm-xpu-plugin's MoE layers"
+    if getattr(parallel, "enable_expert_parallel", False):
+        from vllm_xpu_plugin.kernels.moe import unsupported_expert_parallel
+
+        reason = unsupported_expert_parallel()
+        if reason:
+            return f"{name}: {reason} (vllm-xpu-plugin MoE)"
     if parallel.data_parallel_size > 1:
         return (f"{name}: --data-parallel-size {parallel.data_parallel_size} with a "
                 "mixture-of-experts model is not supported by vllm-xpu-plugin; use "
@@ -76,4 +82,10 @@ def layer_problem(layer: Any, moe: Any) -> Optional[str]:
         return f"{where}: zero-computation experts are not supported by vllm-xpu-plugin"
     if getattr(layer, "enable_eplb", False):
         return f"{where}: expert load balancing (EPLB) is not supported by vllm-xpu-plugin"
-    return None
+    from vllm_xpu_plugin.kernels.moe import unsupported_routing
+
+    reason = unsupported_routing(getattr(layer, "use_grouped_topk", False),
+                                 getattr(layer, "e_score_correction_bias", None),
+                                 getattr(layer, "custom_routing_function", None),
+                                 getattr(layer, "use_ep", False))
+    return f"{where}: {reason} (vllm-xpu-plugin)" if reason else None
