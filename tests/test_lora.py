@@ -247,14 +247,16 @@ def test_more_adapters_than_slots_ranks_targets_chunked_prefill_prefix_cache(tin
 @pytest.mark.slow
 def test_preemption_and_n2_with_full_slots(tiny_llama_dir):
     """A 24-block KV cache for 8 requests of ~100 tokens: the scheduler preempts and
-    recomputes; n=2 greedy (both samples must be HF's greedy). Slots full throughout."""
+    recomputes; n=2 (vLLM refuses n > 1 with temperature 0, so temperature 1e-3: logits
+    scaled by 1000, both samples are HF's greedy except at near-ties). Slots full."""
     names_ids = {ADAPTER_1: ("a1", 1), ADAPTER_2: ("a2", 2)}
     prompts = _prompts([60, 45, 80, 30, 70, 50, 66, 40], seed=9)
     specs = [None, ADAPTER_1, ADAPTER_2, None, ADAPTER_2, ADAPTER_1, None, ADAPTER_2]
     llm = _make_llm(tiny_llama_dir, block_size=16, num_gpu_blocks_override=24,
                     max_model_len=256, disable_log_stats=False)
     try:
-        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids, n=2)
+        _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids, n=2,
+                       temperature=1e-3, seed=0)
         preempted = sum(m.value for m in llm.get_metrics()
                         if m.name == "vllm:num_preemptions")
     finally:
