@@ -56,14 +56,30 @@ from benchmarks.server_process import ServerProcess  # noqa: E402
 PORT_RANGE = range(18700, 18800)
 
 
-def free_port_in_range(ports: Sequence[int] = PORT_RANGE) -> int:
+def _claim_port(ports: Sequence[int] = PORT_RANGE):
+    """(port, lock file) of a port of ``ports`` free on 127.0.0.1 and not claimed by another
+    of this suite's servers: the port is only bound once the server is up (tens of seconds
+    later), so a bind test alone lets two servers starting together pick the same one. The
+    lock (flock) is held until the file is closed and dies with the process."""
+    import fcntl
+    import tempfile
+
+    lock_dir = Path(tempfile.gettempdir()) / "vllm-xpu-plugin-ports"
+    lock_dir.mkdir(exist_ok=True)
     for port in ports:
+        lock = open(lock_dir / f"{port}.lock", "w")  # noqa: SIM115 - held by the caller
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
+                lock.close()
                 continue
-            return port
+        return port, lock
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on 127.0.0.1")
 
 
@@ -73,11 +89,14 @@ def hostile_server(model: Path | str, args: Sequence[str] = (),
                    log_path: Optional[Path] = None) -> Iterator[ServerProcess]:
     """A ServerProcess (served as "model") on a free port of PORT_RANGE, always stopped."""
     server = ServerProcess(model, args, env=env, log_path=log_path)
-    port = free_port_in_range()
-    server.cmd[server.cmd.index("--port") + 1] = str(port)
-    server.port, server.url = port, f"http://127.0.0.1:{port}"
-    with server:
-        yield server
+    port, lock = _claim_port()
+    try:
+        server.cmd[server.cmd.index("--port") + 1] = str(port)
+        server.port, server.url = port, f"http://127.0.0.1:{port}"
+        with server:
+            yield server
+    finally:
+        lock.close()
 
 
 def sse_events(raw: str) -> list:
