@@ -179,6 +179,17 @@ def send(host: str, port: int, case: Case, timeout: float, middleware: bool = Tr
 MIDDLEWARE_ARGS = ["--middleware", "vllm_xpu_plugin.request_checks.ClientErrorMiddleware"]
 
 
+def documented_logging_config() -> str:
+    """The VLLM_LOGGING_CONFIG_PATH file of docs/reliability.md (with the client-error
+    log filter): the first json block there."""
+    from benchmarks._common import REPO_ROOT
+
+    doc = (REPO_ROOT / "docs" / "reliability.md").read_text()
+    block = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    json.loads(block)
+    return block
+
+
 def judge(expect: str, status: Optional[int], message: str) -> str:
     if status is None:
         return "FAIL"
@@ -352,7 +363,8 @@ def format_summary(s: dict) -> str:
     ]
     lines += [f"  FAILED {f}" for f in s["failed"]]
     if s["known_5xx_now_fixed"]:
-        lines.append(f"  known vLLM 5xx that now answer 4xx/200: {s['known_5xx_now_fixed']}")
+        why = "the middleware" if s["middleware"] else "?"
+        lines.append(f"  vLLM 5xx answered 4xx by {why}: {s['known_5xx_now_fixed']}")
     if s["stopped"]:
         lines.append(f"  STOPPED: {s['stopped']}")
     lines.append(f"fuzz: {'OK' if s['ok'] else 'FAILED'}")
@@ -373,7 +385,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--threads", type=int, default=2, help="OMP threads of the server")
     ap.add_argument("--no-middleware", action="store_true",
-                    help="without the plugin's --middleware: vLLM 0.11's own answers")
+                    help="vLLM 0.11's own answers: without the plugin's --middleware and "
+                         "without docs/reliability.md's logging configuration")
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args(argv)
@@ -389,6 +402,12 @@ def main(argv=None) -> int:
             print(f"{c.category:16} {c.name:36} {c.expect:8} {c.method} {c.path}")
         return 0
     env = {"OMP_NUM_THREADS": str(args.threads)}
+    if middleware:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write(documented_logging_config())
+        env["VLLM_LOGGING_CONFIG_PATH"] = f.name
     server_args = [*SOAK_SERVER_ARGS, *(MIDDLEWARE_ARGS if middleware else []),
                    *args.server_arg]
     with hostile_server(model, server_args, env=env) as server:

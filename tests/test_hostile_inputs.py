@@ -17,11 +17,15 @@ the issue) in the slow suite.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from benchmarks.fuzz import MIDDLEWARE_ARGS, hostile_server, stream_error
+from benchmarks.fuzz import (
+    MIDDLEWARE_ARGS,
+    documented_logging_config,
+    hostile_server,
+    stream_error,
+)
 
 NORMAL = {"model": "model", "prompt": [5, 6, 7, 8], "max_tokens": 6, "temperature": 0.0}
 
@@ -82,13 +86,6 @@ def _check_server(server, vocab: int) -> None:
     assert _normal_answer(server) == before
 
 
-def _documented_logging_config() -> str:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
-    block = doc.split("```json\n", 1)[1].split("```", 1)[0]
-    json.loads(block)
-    return block
-
-
 def test_out_of_vocab_prompt_ids_get_400_tiny_llama(tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 
@@ -98,7 +95,7 @@ def test_out_of_vocab_prompt_ids_get_400_tiny_llama(tiny_llama_dir, tmp_path):
     # below) never looks at an object body without prompt_embeds.
     # ...and vLLM's logging configured with docs/reliability.md's file (client-error filter).
     logging_config = tmp_path / "logging.json"
-    logging_config.write_text(_documented_logging_config())
+    logging_config.write_text(documented_logging_config())
     env = {"VLLM_LOGGING_CONFIG_PATH": str(logging_config)}
     with hostile_server(tiny_llama_dir, ["--dtype", "float32", "--max-model-len", "256",
                                          *MIDDLEWARE_ARGS], env=env) as server:
@@ -224,14 +221,18 @@ def test_client_error_log_filter():
 
 
 @pytest.mark.slow
-def test_fuzz_suite(tiny_llama_dir):
+def test_fuzz_suite(tiny_llama_dir, tmp_path):
     """`make fuzz` (benchmarks/fuzz.py) on the tiny Llama, seed 0, with the middleware."""
     from benchmarks.fuzz import format_summary, run_fuzz
     from benchmarks.soak import MAX_MODEL_LEN, SOAK_SERVER_ARGS
 
-    with hostile_server(tiny_llama_dir, [*SOAK_SERVER_ARGS, *MIDDLEWARE_ARGS]) as server:
+    config = tmp_path / "logging.json"
+    config.write_text(documented_logging_config())
+    with hostile_server(tiny_llama_dir, [*SOAK_SERVER_ARGS, *MIDDLEWARE_ARGS],
+                        env={"VLLM_LOGGING_CONFIG_PATH": str(config)}) as server:
         s = run_fuzz(server, vocab=768, max_len=MAX_MODEL_LEN, seed=0, max_seconds=900)
     print(format_summary(s))
     assert s["ok"], format_summary(s)
     assert s["cases"] == s["of_cases"] > 150 and not s["bodies_with_server_paths"]
     assert s["streams"].get("disconnected", 0) > 0 and s["streams"].get("completed", 0) > 0
+    assert s["server_log"]["error_lines"] == 0, s["server_log"]  # client errors: WARNING
