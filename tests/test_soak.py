@@ -101,6 +101,15 @@ def test_feature_soak(tiny_llama_dir):
         vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"]
         requests = build_requests(120, vocab, seed=4, features=features)
         s = run_soak(server, requests, 48, features=features)
+        # The features were in effect: a constrained answer is one of the choices, and
+        # ngram drafted tokens.
+        choices = ["alpha", "beta", "gamma delta"]
+        status, data = server.post("/v1/completions", {
+            "model": "model", "prompt": [5, 6, 7, 5, 6, 7], "max_tokens": 8,
+            "temperature": 0.0, "structured_outputs": {"choice": choices}})
+        assert status == 200 and data["choices"][0]["text"] in choices, data
+        drafted = server.metrics().get("vllm:spec_decode_num_draft_tokens_total", 0)
+        assert drafted > 0
     print(format_summary(s))
     _assert_nothing_lost(s)
     assert s["features"] == [*BASE_FEATURES, "structured outputs", "ngram speculation"]
