@@ -199,17 +199,22 @@ def common_metadata(batch: Batch) -> CommonAttentionMetadata:
     )
 
 
-def run_backend(batch: Batch, slot_mapping=None, **impl_kwargs) -> torch.Tensor:
-    """Build metadata with the backend's builder and run its impl; returns the output."""
+def run_builder(batch: Batch, slot_mapping=None, sliding_window=None):
+    """The backend's metadata for `batch`, built by its own builder."""
     spec = FullAttentionSpec(block_size=batch.block_size, num_kv_heads=batch.num_kv_heads,
                              head_size=batch.head_size, dtype=batch.dtype,
-                             sliding_window=impl_kwargs.get("sliding_window"))
+                             sliding_window=sliding_window)
     # The builder reads nothing from the VllmConfig.
     builder = IPEXAttentionMetadataBuilder(spec, ["layers.0.attn"], None, DEVICE)
     common = common_metadata(batch)
     if slot_mapping is not None:
         common.slot_mapping = slot_mapping
-    metadata = builder.build(common_prefix_len=0, common_attn_metadata=common)
+    return builder.build(common_prefix_len=0, common_attn_metadata=common)
+
+
+def run_backend(batch: Batch, slot_mapping=None, **impl_kwargs) -> torch.Tensor:
+    """Build metadata with the backend's builder and run its impl; returns the output."""
+    metadata = run_builder(batch, slot_mapping, impl_kwargs.get("sliding_window"))
     impl = IPEXAttentionImpl(
         num_heads=batch.num_heads,
         head_size=batch.head_size,
