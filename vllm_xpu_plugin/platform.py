@@ -151,6 +151,13 @@ class XPUPluginPlatform(Platform):
             if model_config.use_mla:
                 raise PluginConfigError(
                     f"{model_config.model}: MLA attention is not supported by vllm-xpu-plugin")
+            # The int4 layers hand their weights to IPEX and keep no qweight, which vLLM's
+            # LoRA layers need (docs/lora.md).
+            if vllm_config.lora_config is not None and model_config.quantization in (
+                    "ipex_gptq", "ipex_awq"):
+                raise PluginConfigError(
+                    f"--enable-lora with a {model_config.quantization[5:].upper()} (int4) "
+                    "model is not supported by vllm-xpu-plugin; serve the unquantized model")
             # Checked here, in the API-server process, so a bad model/dtype fails in one
             # line before any engine-core or worker process starts (issue 8).
             problem = (startup_checks.dtype_problem(model_config.dtype, cls.get_device_name())
