@@ -235,4 +235,8 @@ def test_fuzz_suite(tiny_llama_dir, tmp_path):
     assert s["ok"], format_summary(s)
     assert s["cases"] == s["of_cases"] > 150 and not s["bodies_with_server_paths"]
     assert s["streams"].get("disconnected", 0) > 0 and s["streams"].get("completed", 0) > 0
-    assert s["server_log"]["error_lines"] == 0, s["server_log"]  # client errors: WARNING
+    # Client errors are WARNING lines; what stays ERROR is vLLM's "error in transformers while
+    # applying chat template" (logged for investigation; chat-empty-messages triggers it).
+    errors = [line for line in server.log_path.read_text(errors="replace").splitlines()
+              if " ERROR " in line]
+    assert errors and all("[chat_utils.py:" in line for line in errors), errors[:20]
