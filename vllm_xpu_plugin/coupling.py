@@ -168,6 +168,38 @@ CATALOGUE: tuple[Coupling, ...] = (
     Coupling("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_top_p", "attribute", (),
              "spec_decode/rejection_sampler.py", "the torch rejection sampler's top-k/top-p",
              "vLLM's rejection sampler runs without Triton"),
+    # ------------------------------------------------------------------ vLLM: MoE
+    Coupling("vllm.model_executor.layers.fused_moe.layer:UnquantizedFusedMoEMethod."
+             "forward_cuda", "callable",
+             ("self", "layer", "x", "use_grouped_topk", "top_k", "router_logits",
+              "renormalize", "topk_group", "num_expert_group", "global_num_experts",
+              "expert_map", "custom_routing_function", "scoring_func",
+              "routed_scaling_factor", "e_score_correction_bias",
+              "apply_router_weight_on_input", "activation", "enable_eplb",
+              "expert_load_view", "logical_to_physical_map", "logical_replica_count"),
+             "moe/fused_moe_method.py (forward_oot takes the same arguments)",
+             "the OOT platform otherwise falls through to forward_cuda (_moe_C ops)",
+             "vLLM ships an OOT/CPU MoE path that needs no _moe_C"),
+    Coupling("vllm.model_executor.layers.fused_moe.layer:UnquantizedFusedMoEMethod."
+             "create_weights", "callable",
+             ("self", "layer", "num_experts", "hidden_size", "intermediate_size_per_partition",
+              "params_dtype", "extra_weight_attrs"),
+             "moe/fused_moe_method.py", "refuses unsupported layer options before loading",
+             "as above"),
+    Coupling("vllm.model_executor.layers.fused_moe.layer:FusedMoE.__init__", "init-assigns",
+             ("activation", "apply_router_weight_on_input", "zero_expert_num", "enable_eplb",
+              "use_grouped_topk", "e_score_correction_bias", "custom_routing_function",
+              "use_ep", "layer_name"),
+             "moe/limits.py, moe/fused_moe_method.py",
+             "the layer options the plugin checks and routes with", "vLLM API change"),
+    Coupling("vllm.model_executor.layers.fused_moe.config:FusedMoEConfig", "fields",
+             ("has_bias",), "moe/limits.py", "expert biases are refused in one line",
+             "the IPEX MoE kernels take biases"),
+    *(Coupling(f"torch.ops.torch_ipex.{op}", "op", (nargs,), "kernels/moe.py",
+               "IPEX's CPU MoE kernels (what GatedMLPMOE runs on CPU), called directly",
+               "IPEX changes (it ends at 2.8)")
+      for op, nargs in (("convert_weight_packed_moe_bf16", 2), ("fused_experts", 18),
+                        ("mixtral_moe_tpp", 10))),
     # ------------------------------------------------------------------ IPEX (CPU build)
     Coupling("intel_extension_for_pytorch.nn.utils._weight_prepack:"
              "Apply_TPPLinear_weight_prepack", "callable", ("m", "dtype", "device"),
