@@ -329,6 +329,9 @@ def run_fuzz(server, vocab: int, max_len: int, seed: int = 0, random_cases: int 
         "reference_before": before, "reference_after": after,
         "server_log": counts, "stopped": stopped,
         "seconds": round(time.monotonic() - t_start, 1),
+        "outcomes": [{"name": o.case.name, "expect": o.case.expect, "status": o.status,
+                      "verdict": o.verdict, "message": o.message[:160],
+                      "seconds": round(o.seconds, 2)} for o in outcomes],
         "slowest": sorted(((round(o.seconds, 1), o.case.name) for o in outcomes),
                           reverse=True)[:5],
     }
