@@ -141,7 +141,7 @@ def processed_inputs_problem(processed_inputs) -> Optional[str]:
 # - A JSON body that is not an object (array, string, number, null) -> 400 (vLLM: 500, its
 #   request models' "before" validators call data.get()).
 # - ``prompt_embeds`` while the server runs without --enable-prompt-embeds -> 400 (vLLM
-#   0.11 never checks the flag there: it torch.load()s the bytes, garbage -> 500).
+#   0.11 checks the flag only after torch.load()ing the bytes: garbage -> 500).
 # - 4xx JSON bodies lose the ' File "...", line N, in f' endpoint context that FastAPI
 #   >= 0.1xx adds to str(RequestValidationError) and vLLM's handler copies into the message.
 # Streaming and 2xx responses pass through untouched; only POST bodies with a JSON content
