@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from vllm_xpu_plugin import device
+from vllm_xpu_plugin.kernels.cpu_threads import cpu_small_op
 
 # The CPU build's punica kernels compute only these; float32 is a silent no-op there.
 _CPU_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
@@ -194,7 +195,8 @@ def _cpu_ipex_shrink(out, x, a, plan, scale):
     target, copied = _contiguous_like(out[:, :r] if out.shape[1] != r else out, a.dtype)
     x = x.to(a.dtype).contiguous()
     # bgmv for prompt chunks too: see _cpu_ipex_expand.
-    f.bgmv_shrink(x, a, target, plan.row_slots, scale)
+    # Decode-sized calls on one OpenMP thread (kernels/cpu_threads.py): ~14 per layer.
+    cpu_small_op(x.numel(), f.bgmv_shrink, x, a, target, plan.row_slots, scale)
     if copied:
         out[:, :r].copy_(target)
 
@@ -211,7 +213,8 @@ def _cpu_ipex_expand(out, t, b, plan, offset, size, add):
     # different lengths (sgmv_expand_slice, runs [1, 2]: row 1 gets nothing and memory past
     # the output is written; sgmv_shrink on [1,1,1,1,2,1,1] aborts the process later with
     # heap corruption). docs/lora.md has the measurements.
-    f.bgmv_expand_slice(t, b, target, plan.row_slots, offset, size, add)
+    cpu_small_op(t.shape[0] * size, f.bgmv_expand_slice, t, b, target, plan.row_slots,
+                 offset, size, add)
     if copied:
         out[:, offset:offset + size].copy_(target[:, offset:offset + size])
 
