@@ -84,7 +84,7 @@ test-xpu: install
 # Entry points of the accuracy/ and benchmarks/ suites (owned there; arguments may change).
 ACCURACY_ARGS ?=
 ACCURACY_XPU_ARGS ?= --device xpu --models accuracy/models-xpu.txt
-# CPU tier (docs/accuracy.md): SmolLM2 bf16 + fp32 x block sizes 16/32/64 vs lm-eval's hf
+# CPU tier (docs/accuracy.md): SmolLM2 bf16 + fp32 x block sizes 16/32/64, bf16 + fp8 KV at 64, vs lm-eval's hf
 # backend; prints the Markdown report and keeps a copy in $(CACHE)/accuracy/.
 accuracy: install models
 	$(PY) -m accuracy.prepare_data
