@@ -79,7 +79,11 @@ class LocalRayCluster:
         return [*cmd, "--address", self.address]
 
     def start(self, timeout: float = 120) -> LocalRayCluster:
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        # RAY_memory_monitor_refresh_ms=0: no Ray OOM killer. On a shared machine other
+        # people's processes push memory past Ray's 95 % threshold and Ray then kills this
+        # cluster's workers (seen: "1 worker(s) were killed due to the node running low on
+        # memory" at 22.4 of 23.5 GB, with the plugin's workers using < 1 GB).
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_memory_monitor_refresh_ms="0")
         for i in range(len(self.cpus)):
             log = self.log_dir / f"ray-node{i}.log"
             with open(log, "w") as out:
