@@ -137,6 +137,16 @@ CATALOGUE: tuple[Coupling, ...] = (
           ("get_vit_attn_backend", ("head_size", "dtype")),
           ("get_current_memory_usage", ("device",)),
       )),
+    Coupling("vllm.v1.engine.processor:Processor.process_inputs", "cuda-calls", (),
+             "request_checks.py (validate_request sees the preprocessed inputs)",
+             "the prompt-id bound runs in the platform's validate_request hook, which vLLM "
+             "calls after preprocessing (ids of every prompt kind); checked here: the "
+             "method still exists (and calls no torch.cuda)",
+             "vLLM bounding ids by get_vocab_size() itself"),
+    Coupling("vllm.entrypoints.openai.cli_args:FrontendArgs", "fields", ("middleware",),
+             "request_checks.ClientErrorMiddleware (opt-in: --middleware ...)",
+             "turns vLLM's pre-hook 500s into 400s and strips server paths",
+             "vLLM fixing those 500s"),
     Coupling("vllm.platforms.interface:_Backend", "attribute", (), "platform.py",
              "the attention-backend enum in get_attn_backend_cls's signature",
              "vLLM makes the enum public"),
@@ -168,6 +178,50 @@ CATALOGUE: tuple[Coupling, ...] = (
     Coupling("vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_top_p", "attribute", (),
              "spec_decode/rejection_sampler.py", "the torch rejection sampler's top-k/top-p",
              "vLLM's rejection sampler runs without Triton"),
+    # ------------------------------------------------------------------ vLLM: LoRA
+    Coupling("vllm.lora.punica_wrapper.punica_base:PunicaWrapperBase._update_base_metadata",
+             "callable",
+             ("self", "mapping", "lora_index_to_id", "max_loras", "vocab_size",
+              "extra_vocab_size"),
+             "lora/punica_wrapper.py (update_metadata)",
+             "builds vLLM's per-token and per-request LoRA index tensors",
+             "a public punica metadata API, or the plugin calling convert_mapping itself"),
+    Coupling("vllm.lora.punica_wrapper.punica_base:PunicaWrapperBase._apply_bias", "callable",
+             ("self", "indices", "output", "output_slices", "lora_bias_stacked"),
+             "lora/punica_wrapper.py", "LoRA bias with base (-1) rows left alone",
+             "the plugin reimplements it"),
+    Coupling("vllm.lora.layers.utils:_get_lora_device", "callable", ("base_layer",),
+             "platform.py (GPTQ/AWQ + LoRA refused)",
+             "vLLM's LoRA layers need a weight or qweight tensor the plugin's int4 layers "
+             "no longer hold", "the int4 layers keep a qweight device tensor"),
+    *(Coupling(f"intel_extension_for_pytorch.llm.functional:{name}", "callable", params,
+               "kernels/lora.py",
+               "IPEX punica kernels (CPU quirks measured: index -1 out of bounds, fp32 a "
+               "no-op, sgmv wrong for unequal runs; tests/test_lora.py)",
+               "IPEX API change (it ends at 2.8)")
+      for name, params in (
+          ("bgmv_shrink", ("input", "lora_weights", "output", "token_lora_mapping",
+                           "scaling")),
+          ("bgmv_expand_slice", ("input", "lora_weights", "output", "token_lora_mapping",
+                                 "slice_offset", "slice_size", "add_inputs")),
+      )),
+    # ------------------------------------------------------------------ vLLM: pooling
+    Coupling("vllm.attention.layers.encoder_only_attention:"
+             "create_encoder_only_attention_backend", "callable",
+             ("underlying_attn_backend",), "attention/ipex_attn.py (encoder-only path)",
+             "vLLM's EncoderOnlyAttention subclasses the plugin's backend with a non-causal "
+             "builder", "vLLM 0.12's supports_attn_type"),
+    Coupling(f"{_RUNNER}.may_add_encoder_only_layers_to_kv_cache_config", "callable",
+             ("self",), "worker/model_runner.py (inherited)",
+             "encoder-only layers get no KV cache", "a runner rewrite upstream"),
+    Coupling("intel_extension_for_pytorch.llm.functional:varlen_attention", "callable",
+             ("query", "key", "value", "out", "seqlen_q", "seqlen_k", "alibi_slopes",
+              "max_seqlen_q", "max_seqlen_k", "pdropout", "softmax_scale", "zero_tensors",
+              "is_causal", "return_softmax", "gen_", "window_size_left", "window_size_right",
+              "softcap"),
+             "kernels/attention.py (varlen_attention)",
+             "non-paged encoder attention; the CPU build ignores softmax_scale (folded into "
+             "q) and has no window", "an IPEX fix (then drop the fold)"),
     # ------------------------------------------------------------------ vLLM: MoE
     Coupling("vllm.model_executor.layers.fused_moe.layer:UnquantizedFusedMoEMethod."
              "forward_cuda", "callable",
