@@ -137,11 +137,10 @@ CATALOGUE: tuple[Coupling, ...] = (
           ("get_vit_attn_backend", ("head_size", "dtype")),
           ("get_current_memory_usage", ("device",)),
       )),
-    Coupling("vllm.v1.engine.processor:Processor.process_inputs", "cuda-calls", (),
+    Coupling("vllm.v1.engine.processor:Processor.process_inputs", "attribute", (),
              "request_checks.py (validate_request sees the preprocessed inputs)",
              "the prompt-id bound runs in the platform's validate_request hook, which vLLM "
-             "calls after preprocessing (ids of every prompt kind); checked here: the "
-             "method still exists (and calls no torch.cuda)",
+             "calls from here after preprocessing (ids of every prompt kind)",
              "vLLM bounding ids by get_vocab_size() itself"),
     Coupling("vllm.entrypoints.openai.cli_args:FrontendArgs", "fields", ("middleware",),
              "request_checks.ClientErrorMiddleware (opt-in: --middleware ...)",
