@@ -221,6 +221,33 @@ CATALOGUE: tuple[Coupling, ...] = (
              "kernels/attention.py (varlen_attention)",
              "non-paged encoder attention; the CPU build ignores softmax_scale (folded into "
              "q) and has no window", "an IPEX fix (then drop the fold)"),
+    # ------------------------------------------------------------------ vLLM: Ray
+    Coupling("vllm.executor.ray_distributed_executor:RayDistributedExecutor._init_workers_ray",
+             "callable", ("self", "placement_group", "ray_remote_kwargs"),
+             "distributed/ray_executor.py (rewritten in PluginRayExecutor)",
+             "the plugin's actor class, Ray resource (CPU in CPU mode), actor environment "
+             "and node identity", "vLLM hooks for the wrapper class and actor options"),
+    Coupling("vllm.executor.ray_distributed_executor:RayDistributedExecutor._run_workers",
+             "callable",
+             ("self", "method", "args", "async_run_tensor_parallel_workers_only",
+              "max_concurrent_workers", "kwargs"),
+             "distributed/ray_executor.py", "runs init steps on the plugin's workers",
+             "as above"),
+    Coupling("vllm.executor.ray_distributed_executor:RayDistributedExecutor."
+             "_get_env_vars_to_be_updated", "callable", ("self",),
+             "distributed/ray_executor.py", "the environment vLLM forwards to workers",
+             "as above"),
+    Coupling("vllm.executor.ray_utils:_wait_until_pg_ready", "callable",
+             ("current_placement_group",), "distributed/ray_executor.py",
+             "waits for the placement group with vLLM's messages and timeout",
+             "the plugin's own wait loop"),
+    Coupling("vllm.executor.ray_utils:RayWorkerWrapper.get_node_and_gpu_ids", "callable",
+             ("self",), "distributed/ray_worker.py (overridden)",
+             "no accelerator ids for workers on Ray's CPU resource",
+             "vLLM support for non-accelerator Ray resources"),
+    Coupling("vllm.ray.ray_env:get_env_vars_to_copy", "callable",
+             ("exclude_vars", "additional_vars", "destination"),
+             "distributed/ray_executor.py", "forwards the same variables vLLM does", "-"),
     # ------------------------------------------------------------------ vLLM: MoE
     Coupling("vllm.model_executor.layers.fused_moe.layer:UnquantizedFusedMoEMethod."
              "forward_cuda", "callable",
