@@ -17,7 +17,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if device.is_cpu_mode():
         # The kernel ipex.llm.functional.rms_norm dispatches to, called directly.
         return cpu_small_op(x.numel(), device.ipex_ops().rmsnorm, x, weight, eps)
-    return device.ipex().llm.functional.rms_norm(x, weight.to(x.dtype), eps)  # XPU-only
+    # XPU-only: the kernel takes an fp32 weight with 16-bit x (IPEX v2.8.10+xpu
+    # RMSNorm.cpp:361), so Gemma's fp32 1 + w is not rounded first (docs/dev/xpu_parity.md).
+    return device.ipex().llm.functional.rms_norm(x, weight, eps)  # XPU-only
 
 
 def fused_add_rms_norm(

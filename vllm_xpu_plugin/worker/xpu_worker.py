@@ -10,6 +10,7 @@ import gc
 import os
 
 import torch
+from vllm.distributed.parallel_state import get_world_group
 from vllm.model_executor import set_random_seed
 from vllm.platforms import current_platform
 from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
@@ -35,6 +36,11 @@ class XPUPluginWorker(Worker):
         init_worker_distributed_environment(self.vllm_config, self.rank,
                                             self.distributed_init_method, self.local_rank,
                                             current_platform.dist_backend)
+        if not device.is_cpu_mode() and self.parallel_config.world_size > 1:
+            # XPU-only: one global all-reduce warms oneCCL up, as vLLM 0.11's XPU worker
+            # does after init (docs/dev/xpu_parity.md).
+            torch.distributed.all_reduce(torch.zeros(1, device=self.device),  # XPU-only
+                                         group=get_world_group().device_group)
         set_random_seed(self.model_config.seed)
         gc.collect()
         device.empty_cache()
