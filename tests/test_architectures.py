@@ -18,7 +18,6 @@ References:
 from __future__ import annotations
 
 import gc
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.hf_reference import assert_greedy_close, hf_greedy
+from tests.fixtures.in_process import in_process_engine_core
 
 MAX_NEW_TOKENS = 24
 TIE_MARGIN = 0.02  # float32 both sides: only genuine near-ties may flip a greedy token
@@ -151,15 +151,8 @@ def arch_run(request) -> ArchRun:
                             logprobs=NUM_LOGPROBS)
     batches = [_random_prompts(b, vocab, seed=i) for i, b in enumerate(case.batches)]
     # In-process engine core: one process start less per architecture (scoped to here).
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with in_process_engine_core():
         llm = LLM(**kwargs)
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
     try:
         model_class = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")[0]
         completions, prompts = [], []

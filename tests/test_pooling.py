@@ -10,7 +10,6 @@ the pooled vectors far beyond the tolerances.
 from __future__ import annotations
 
 import gc
-import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,19 +43,14 @@ def pooling_llm(model_dir, **kwargs) -> Iterator:
     """A float32 vllm.LLM with the in-process engine core (one process start less)."""
     from vllm import LLM
 
+    from tests.fixtures.in_process import in_process_engine_core
+
     args = dict(model=str(model_dir), runner="pooling", dtype="float32", max_model_len=512,
                 max_num_seqs=8, seed=0, enable_prefix_caching=False,
                 kv_cache_memory_bytes=KV_CACHE_BYTES)
     args.update(kwargs)
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with in_process_engine_core():
         llm = LLM(**args)
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
     try:
         yield llm
     finally:
