@@ -108,7 +108,7 @@ class PagedAttentionSetup:
         """IPEX's CPU decode kernel (one query per sequence), KV write included."""
         paged = self.device.ipex().llm.modules.PagedAttention
         key_cache, value_cache = self.kv_cache.unbind(0)
-        self.attention.write_kv_cache(self.key, self.value, key_cache, value_cache,
+        self.attention_kernels.write_kv_cache(self.key, self.value, key_cache, value_cache,
                                    self.metadata.slot_mapping)
         paged.single_query_cached_kv_attention(
             self.output, self.query, key_cache, value_cache, self.head_mapping, self.scale,
