@@ -9,10 +9,10 @@ weights with -1, i.e. wrap to the last slot; IPEX's CPU kernels read out of boun
 
 from __future__ import annotations
 
-import gc
 import random
 
 from tests.fixtures.hf_reference import assert_greedy_close, hf_greedy
+from tests.fixtures.in_process import shutdown_llm
 from tests.fixtures.lora_adapters import AdapterSpec, build_adapter, build_merged_model
 
 MAX_NEW_TOKENS = 20
@@ -34,12 +34,6 @@ def _make_llm(model_dir, **kwargs):
                     max_loras=2)
     defaults.update(kwargs)
     return LLM(**defaults)
-
-
-def _shutdown(llm) -> None:
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
 
 
 def _lora_request(name: str, lora_id: int, path):
@@ -96,7 +90,7 @@ def test_mixed_batch_every_slot_full_matches_hf_merged(tiny_llama_dir):
     try:
         got = _tokens(_generate(llm, prompts, requests))
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
 
     refs = _references([tiny_llama_dir, m1, m2, tiny_llama_dir], prompts)
     _assert_discriminates([refs[0]], [_references([m2], [p[0]])[0]])
@@ -192,7 +186,7 @@ def test_mixed_batch_bf16_runs_ipex_kernels(tiny_llama_dir):
     try:
         got = _tokens(_generate(llm, prompts, requests, max_tokens=8))
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
     refs = [hf_greedy(d, [q], 8, ignore_eos=True)[0]
             for d, q in zip([tiny_llama_dir, m1, m2, tiny_llama_dir], prompts, strict=True)]
     assert got[0] != got[2], "base and adapter-2 rows on the same prompt gave the same tokens"
@@ -241,7 +235,7 @@ def test_more_adapters_than_slots_ranks_targets_chunked_prefill_prefix_cache(tin
         _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)
         _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)  # prefix-cache hits
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
 
 
 @pytest.mark.slow
@@ -260,7 +254,7 @@ def test_preemption_and_n2_with_full_slots(tiny_llama_dir):
         preempted = sum(m.value for m in llm.get_metrics()
                         if m.name == "vllm:num_preemptions")
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
     assert preempted > 0, "the small KV cache did not force a preemption"
 
 
@@ -275,7 +269,7 @@ def test_tensor_parallel_2_mixed_batch(tiny_llama_dir):
     try:
         _run_and_check(llm, tiny_llama_dir, prompts, specs, names_ids)
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
 
 
 # ----------------------------------------------------------------------- quantized base

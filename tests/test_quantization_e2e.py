@@ -16,12 +16,12 @@ Tolerances:
 
 from __future__ import annotations
 
-import gc
 import random
 
 import pytest
 
 from tests.fixtures.hf_reference import assert_greedy_close, hf_greedy
+from tests.fixtures.in_process import shutdown_llm
 from tests.fixtures.quantize import (
     QuantSpec,
     build_dequantized,
@@ -55,12 +55,6 @@ def _make_llm(model_dir, **kwargs):
     return LLM(**defaults)
 
 
-def _shutdown(llm) -> None:
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
-
-
 def _generate(llm, prompts, max_tokens=MAX_NEW_TOKENS, logprobs=NUM_LOGPROBS):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -92,7 +86,7 @@ def tiny_quantized(request):
         assert llm.llm_engine.model_config.quantization == expected
         completions = _generate(llm, prompts)
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
     return request.param, ref_dir, prompts, completions
 
 
@@ -179,7 +173,7 @@ def test_smollm2_quantized_agrees_with_hf_and_answers(case):
         agreement = _teacher_forced_agreement(llm, prompt, ref.output_ids)
         answer = _generate(llm, [prompt], max_tokens=40, logprobs=None)[0].text
     finally:
-        _shutdown(llm)
+        shutdown_llm(llm)
     print(f"{case}: teacher-forced agreement {agreement:.3f}; answer {answer!r}")
     assert agreement >= 0.9, (case, agreement)
     assert "paris" in answer.lower(), (case, answer)
