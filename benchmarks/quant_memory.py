@@ -6,9 +6,9 @@ here; the same code path on an Intel GPU), then prints side by side:
 - checkpoint bytes: the safetensors tensors, split into packed int4 linears (qweight,
   qzeros, scales, g_idx) and the rest (embeddings, lm_head, norms, biases);
 - resident bytes by tensor accounting: every parameter/buffer of the loaded model (shared
-  storages counted once) plus what IPEX holds for each int4 linear (its re-packed int4
-  weight, and its scales and zero points, which IPEX's CPU kernel keeps in fp32, fp16 and
-  bf16);
+  storages counted once) plus what the int4 GEMM holds for each int4 linear
+  (vllm_xpu_plugin/kernels/int4_gemm.py: its re-packed int4 weight, its scales and zero
+  points, and the act-order channel order; which kernel, by count);
 - the process RSS delta over a (second, warm) load, after returning freed heap to the OS;
   the first load's delta, which also holds imported code and IPEX initialisation, is
   printed below it;
@@ -74,8 +74,8 @@ def _trim_heap() -> None:
 
 
 def resident_bytes(model) -> dict[str, int]:
-    """Bytes held by the loaded model: unique parameter/buffer storages + IPEX int4 data."""
-    from vllm_xpu_plugin.quantization.ipex_woq import resident_bytes as ipex_bytes
+    """Bytes held by the loaded model: unique parameter/buffer storages + int4 kernel data."""
+    from vllm_xpu_plugin.quantization.int4_linear import resident_bytes as int4_bytes
 
     seen: set[int] = set()
     tensors = 0
@@ -85,16 +85,21 @@ def resident_bytes(model) -> dict[str, int]:
             continue
         seen.add(storage.data_ptr())
         tensors += storage.nbytes()
-    ipex = {"weight": 0, "scales": 0, "zeros": 0}
+    ipex = {"weight": 0, "scales": 0, "zeros": 0, "channel_order": 0}
+    kernels: dict[str, int] = {}
     leftovers = []
     for name, module in model.named_modules():
-        for k, v in ipex_bytes(module).items():
+        for k, v in int4_bytes(module).items():
             ipex[k] += v
+        kernel = getattr(module, "int4_linear", None)
+        if kernel is not None:
+            kernels[type(kernel).__name__] = kernels.get(type(kernel).__name__, 0) + 1
         leftovers += [f"{name}.{p}" for p in ("qweight", "qzeros") if p in module._parameters]
     if leftovers:
         raise AssertionError(f"checkpoint-layout tensors still held: {leftovers[:4]}")
-    return {"params_buffers": tensors, "ipex_int4_weight": ipex["weight"],
-            "ipex_scales": ipex["scales"], "ipex_zeros": ipex["zeros"],
+    return {"params_buffers": tensors, "int4_weight": ipex["weight"],
+            "int4_scales": ipex["scales"], "int4_zeros": ipex["zeros"],
+            "int4_channel_order": ipex["channel_order"], "kernels": kernels,
             "total": tensors + sum(ipex.values())}
 
 
@@ -170,18 +175,25 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = checkpoint_bytes(model_dir)
     model, cold_delta, rss_delta, quantization = load_with_plugin(model_dir, args.dtype)
     held = resident_bytes(model)
-    ipex_linears = held["ipex_int4_weight"] + held["ipex_scales"] + held["ipex_zeros"]
+    ipex_linears = (held["int4_weight"] + held["int4_scales"] + held["int4_zeros"]
+                    + held["int4_channel_order"])
     tensor_ratio = held["total"] / ckpt["total"]
     rss_ratio = rss_delta / ckpt["total"]
     linear_ratio = ipex_linears / ckpt["packed_linears"] if ckpt["packed_linears"] else 0.0
 
+    import platform as host
+
     print(f"model: {model_dir}  (quantization={quantization}, dtype={args.dtype})")
+    print(f"device: {os.environ.get('VLLM_XPU_PLUGIN_DEVICE') or 'xpu'}, host {host.node()}, "
+          f"int4 kernels: {held['kernels']}")
     print(f"{'':34}{'checkpoint':>14}{'resident':>14}{'ratio':>9}")
     print(f"{'int4 linears (packed + scales/zeros)':34}{_mib(ckpt['packed_linears']):>14}"
           f"{_mib(ipex_linears):>14}{linear_ratio:9.3f}")
-    print(f"{'  of which IPEX int4 weight':34}{'':>14}{_mib(held['ipex_int4_weight']):>14}")
-    print(f"{'  of which IPEX scales':34}{'':>14}{_mib(held['ipex_scales']):>14}")
-    print(f"{'  of which IPEX zero points':34}{'':>14}{_mib(held['ipex_zeros']):>14}")
+    print(f"{'  of which int4 weight':34}{'':>14}{_mib(held['int4_weight']):>14}")
+    print(f"{'  of which scales':34}{'':>14}{_mib(held['int4_scales']):>14}")
+    print(f"{'  of which zero points':34}{'':>14}{_mib(held['int4_zeros']):>14}")
+    print(f"{'  of which act-order channel order':34}{'':>14}"
+          f"{_mib(held['int4_channel_order']):>14}")
     print(f"{'other tensors (embeddings, norms)':34}{_mib(ckpt['other']):>14}"
           f"{_mib(held['params_buffers']):>14}")
     print(f"{'total, tensor accounting':34}{_mib(ckpt['total']):>14}{_mib(held['total']):>14}"

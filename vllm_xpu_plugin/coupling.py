@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 @dataclass(frozen=True)
 class Coupling:
-    # "package.module:Qualified.name", or "torch.ops.torch_ipex.<op>" for kind "op".
+    # "package.module:Qualified.name", or "torch.ops.<namespace>.<op>" for kind "op".
     surface: str
     # callable: signature parameter names == expect
     # attribute: the object exists (class attribute, module attribute)
@@ -281,6 +281,14 @@ CATALOGUE: tuple[Coupling, ...] = (
       for op, nargs in (("convert_weight_packed_moe_bf16", 2), ("fused_experts", 18),
                         ("mixtral_moe_tpp", 10))),
     # ------------------------------------------------------------------ IPEX (CPU build)
+    Coupling("intel_extension_for_pytorch.llm.quantization.woq_linear:"
+             "IPEXWeightOnlyQuantizedLinear.from_weight", "callable",
+             ("qweight", "scales", "zero_points", "in_features", "out_features", "qconfig",
+              "bias", "group_size", "g_idx", "quant_method", "dtype", "kwargs"),
+             "kernels/int4_gemm.py", "the int4 GEMM on an Intel GPU and CPU mode's fallback "
+             "for shapes torch's int4 kernel refuses; resident_bytes() reads its private "
+             "_op_context (get_weight/get_scales/get_zero_points) for the memory benchmark",
+             "IPEX reports its WOQ memory publicly, or the plugin drops the fallback"),
     Coupling("intel_extension_for_pytorch.nn.utils._weight_prepack:"
              "Apply_TPPLinear_weight_prepack", "callable", ("m", "dtype", "device"),
              "kernels/gemm.py", "IPEX's own weight blocking for its TPP GEMM (CPU mode)",
@@ -299,8 +307,18 @@ CATALOGUE: tuple[Coupling, ...] = (
           ("flash_attn_varlen_func", 18, "kernels/attention.py"),
       )),
     Coupling("torch.nn:Module", "instance-has", ("_parameters",),
-             "quantization/ipex_woq.py", "drops the checkpoint's packed int4 tensors once IPEX "
-             "holds its own copy", "vLLM's weight loader hands IPEX the tensors directly"),
+             "quantization/int4_linear.py", "drops the checkpoint's packed int4 tensors once "
+             "the int4 kernel holds its own copy",
+             "vLLM's weight loader hands the kernel the tensors directly"),
+    # ------------------------------------------------------------------ torch (private ATen)
+    *(Coupling(f"torch.ops.aten.{op}", "op", (nargs,), "kernels/int4_gemm.py",
+               "CPU mode's int4 GEMM: one bf16/fp16 scale + zero per group (resident at "
+               "checkpoint size, issue 18) and a bandwidth-bound decode kernel; IPEX's CPU WOQ "
+               "keeps three dtype copies and dequantizes per call without AVX512-FP16",
+               "a public torch int4 API (torchao's Int4CPULayout wraps these), or IPEX's CPU "
+               "WOQ holding one scale copy")
+      for op, nargs in (("_convert_weight_to_int4pack_for_cpu", 2),
+                        ("_weight_int4pack_mm_for_cpu", 4))),
 )
 
 
@@ -325,8 +343,8 @@ def problem(entry: Coupling) -> Optional[str]:
             from vllm_xpu_plugin import device
 
             device.ipex()  # registers torch.ops.torch_ipex
-            name = entry.surface.rsplit(".", 1)[1]
-            schema = getattr(torch.ops.torch_ipex, name).default._schema
+            namespace, name = entry.surface.split(".")[-2:]
+            schema = getattr(getattr(torch.ops, namespace), name).default._schema
             if len(schema.arguments) != entry.expect[0]:
                 return f"schema changed: {schema}"
             return None

@@ -9,6 +9,7 @@ Device queries (which device, its memory, the KV-cache layout, the IPEX import) 
 - :mod:`.rotary` rotary embeddings
 - :mod:`.attention` paged attention (KV-cache write, varlen causal attention)
 - :mod:`.gemm` CPU mode's prepacked linear layers
+- :mod:`.int4_gemm` int4 GPTQ/AWQ weight-only GEMMs
 - :mod:`.sampling` the greedy pick
 - :mod:`.moe` mixture-of-experts routing and experts (FusedMoE)
 - :mod:`.cpu_threads` CPU mode's one-thread rule for small kernels (shared by the families)

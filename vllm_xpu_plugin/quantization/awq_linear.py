@@ -1,4 +1,4 @@
-"""AWQ linear method on IPEX int4 kernels (column/row parallel, merged QKV and gate-up).
+"""AWQ linear method on the int4 GEMM (kernels/int4_gemm.py) (column/row parallel, merged QKV and gate-up).
 
 Checkpoint layout (AutoAWQ GEMM), per linear of ``in`` inputs and ``out`` outputs:
   qweight int32 [in, out / 8]     eight 4-bit values along the output dim, in AWQ's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMParameter
 
-from vllm_xpu_plugin.quantization import ipex_woq
+from vllm_xpu_plugin.quantization import int4_linear
 from vllm_xpu_plugin.quantization.settings import UnsupportedQuantizationError
 
 _PACKED_PARAMS = ("qweight", "qzeros", "scales")
@@ -21,7 +21,7 @@ _PACKED_PARAMS = ("qweight", "qzeros", "scales")
 # The class name matters: vLLM's linear layers only use their v2 (vLLMParameter-aware)
 # weight loaders for quant methods named in linear.WEIGHT_LOADER_V2_SUPPORTED, which lists
 # "IPEXAWQLinearMethod".
-class IPEXAWQLinearMethod(ipex_woq.IPEXWOQLinearMethodBase):
+class IPEXAWQLinearMethod(int4_linear.IPEXWOQLinearMethodBase):
 
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
@@ -56,15 +56,13 @@ class IPEXAWQLinearMethod(ipex_woq.IPEXWOQLinearMethodBase):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         cfg = self.quant_config
         qweight = layer.qweight.data
-        in_features, out_features = qweight.shape[0], qweight.shape[1] * cfg.pack_factor
-        module = ipex_woq.build_woq_linear(
-            fmt=ipex_woq.PackedFormat.AWQ_GEMM,
+        self._install(
+            layer, _PACKED_PARAMS,
+            fmt=int4_linear.PackedFormat.AWQ_GEMM,
             qweight=qweight,
             scales=layer.scales.data,
             qzeros=layer.qzeros.data,
-            in_features=in_features,
-            out_features=out_features,
+            in_features=qweight.shape[0],
+            out_features=qweight.shape[1] * cfg.pack_factor,
             group_size=cfg.group_size,
         )
-        ipex_woq.attach_woq_linear(layer, module, out_features)
-        ipex_woq.release_parameters(layer, _PACKED_PARAMS)

@@ -1,4 +1,4 @@
-"""GPTQ linear method on IPEX int4 kernels (column/row parallel, merged QKV and gate-up).
+"""GPTQ linear method on the int4 GEMM (kernels/int4_gemm.py) (column/row parallel, merged QKV and gate-up).
 
 Checkpoint layout (AutoGPTQ v1), per linear of ``in`` inputs and ``out`` outputs:
   qweight int32 [in / 8, out]   eight 4-bit values along the input dim, low nibble first
@@ -9,8 +9,6 @@ Checkpoint layout (AutoGPTQ v1), per linear of ``in`` inputs and ``out`` outputs
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from vllm.model_executor.parameter import (
     ChannelQuantScaleParameter,
@@ -20,9 +18,8 @@ from vllm.model_executor.parameter import (
     RowvLLMParameter,
 )
 
-from vllm_xpu_plugin import device
 from vllm_xpu_plugin.log import init_logger
-from vllm_xpu_plugin.quantization import ipex_woq
+from vllm_xpu_plugin.quantization import int4_linear
 from vllm_xpu_plugin.quantization.settings import UnsupportedQuantizationError
 
 logger = init_logger(__name__)
@@ -33,7 +30,7 @@ _PACKED_PARAMS = ("qweight", "qzeros", "scales", "g_idx")
 # The class name matters: vLLM's linear layers only use their v2 (vLLMParameter-aware)
 # weight loaders for quant methods named in linear.WEIGHT_LOADER_V2_SUPPORTED, which lists
 # "IPEXGPTQLinearMethod".
-class IPEXGPTQLinearMethod(ipex_woq.IPEXWOQLinearMethodBase):
+class IPEXGPTQLinearMethod(int4_linear.IPEXWOQLinearMethodBase):
 
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
@@ -89,24 +86,14 @@ class IPEXGPTQLinearMethod(ipex_woq.IPEXWOQLinearMethodBase):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         cfg = self.quant_config
         qweight = layer.qweight.data
-        in_features, out_features = qweight.shape[0] * cfg.pack_factor, qweight.shape[1]
-        g_idx: Optional[torch.Tensor] = layer.g_idx.data
-        if ipex_woq.is_trivial_g_idx(g_idx, cfg.group_size):
-            g_idx = None  # plain group order: IPEX's faster GPTQ layout
-        qzeros: Optional[torch.Tensor] = layer.qzeros.data
-        # CPU kernel: no zero points means zero 8 (verified against the reference in
-        # tests/test_quantization_layers.py); the XPU kernel keeps them explicit.
-        if device.is_cpu_mode() and ipex_woq.gptq_zeros_are_symmetric(qzeros):
-            qzeros = None
-        module = ipex_woq.build_woq_linear(
-            fmt=ipex_woq.PackedFormat.GPTQ_GEMM,
+        self._install(
+            layer, _PACKED_PARAMS,
+            fmt=int4_linear.PackedFormat.GPTQ_GEMM,
             qweight=qweight,
             scales=layer.scales.data,
-            qzeros=qzeros,
-            in_features=in_features,
-            out_features=out_features,
+            qzeros=layer.qzeros.data,
+            in_features=qweight.shape[0] * cfg.pack_factor,
+            out_features=qweight.shape[1],
             group_size=cfg.group_size,
-            g_idx=g_idx,
+            g_idx=layer.g_idx.data,
         )
-        ipex_woq.attach_woq_linear(layer, module, out_features)
-        ipex_woq.release_parameters(layer, _PACKED_PARAMS)
