@@ -4,6 +4,7 @@ import os
 
 __all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: F822
            "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode",  # noqa: F822 (module __getattr__)
+           "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",  # noqa: F822
            "set_defaults"]
 
 
@@ -28,11 +29,30 @@ def _cpu_kvcache_gb() -> float:
     return value
 
 
+def _cpu_gemm_max_rows():
+    # CPU mode: up to how many rows (tokens in a step) a linear layer uses IPEX's prepacked
+    # GEMM before torch's. Unset or "auto": measured per weight shape at load time
+    # (kernels/gemm.py). An integer fixes it for every shape (0: never prepacked).
+    raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS={raw!r} must be 'auto' or a "
+                         "number of rows >= 0 (e.g. 128)")
+    return value
+
+
 def __getattr__(name: str):
     if name == "VLLM_XPU_PLUGIN_DEVICE":
         return _device()
     if name == "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB":
         return _cpu_kvcache_gb()
+    if name == "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS":
+        return _cpu_gemm_max_rows()
     if name == "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME":
         # TEST-ONLY: the device name the platform reports (e.g. "Intel(R) Arc(TM) A770
         # Graphics") so per-model startup checks can be tested without that GPU. It

@@ -1,19 +1,39 @@
-"""GEMM kernels: CPU mode's linear layers on weights prepacked for IPEX's TPP GEMM."""
+"""GEMM kernels: CPU mode's linear layers on weights prepacked for IPEX's TPP GEMM, and the
+per-shape choice between that GEMM and torch's (oneDNN) by a short measurement at load time."""
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
 
+from vllm_xpu_plugin import envs
+from vllm_xpu_plugin.log import init_logger
+
+logger = init_logger(__name__)
+
 # ---- CPU-mode GEMMs on prepacked weights (used by worker/model_runner.py) ------------
 # torch's bf16 F.linear on CPU hands oneDNN the plain [out, in] weight on every call; at
 # decode sizes that costs more than the GEMM. IPEX's TPP GEMM reads a weight blocked once
-# at load time. Measured (SmolLM2-135M's 121 GEMMs, bf16, 2 threads, interleaved A/B,
-# benchmarks/): 16 rows 2.7x faster, 1 row 1.5x, 64 rows 1.5x, 160 rows even, 512 rows
-# 0.9x -- so rows above CPU_PACKED_GEMM_MAX_ROWS (prefill) keep torch's GEMM.
+# at load time. Where torch's GEMM catches up depends on the CPU and the shape. Measured
+# (F.linear time / TPP time, bf16, 2 threads):
+#   AMX Xeon (2026-11, SmolLM2-135M's 121 GEMMs): 16 rows 2.7x, 64 rows 1.5x, 160 rows
+#   1.0x, 512 rows 0.9x;
+#   AMD EPYC, AVX512-BF16, no AMX (2026-12-02, load 1.3): 576->960 512 rows 1.19x,
+#   576->3072 128 rows 1.07x, 576->49152 (LM head) 256 rows 0.94x, 512 rows 0.78x.
+# So the switch point is measured per weight shape when the model is loaded
+# (choose_max_rows), unless VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS fixes it. At <= 64 rows TPP
+# won by >= 1.3x on both machines: that is never measured.
 
-CPU_PACKED_GEMM_MAX_ROWS = 128
+CPU_PACKED_GEMM_MAX_ROWS = 128  # the rule when nothing was measured for a shape
+ALWAYS_PACKED_ROWS = 64
+TUNED_ROWS = (128, 256, 512, 1024)  # measured in this order until torch's GEMM wins
+_TUNE_OUT_FEATURES = 1024  # measure on this many output channels (a slice) at most
+_TUNE_REPEATS = 3
+_TUNE_CALL_BUDGET_S = 0.05  # stop climbing when one call takes longer than this
+
+_max_rows_by_shape: dict[tuple[int, int, torch.dtype], int] = {}
 
 
 def cpu_pack_linear_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
@@ -37,15 +57,92 @@ def cpu_pack_linear_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     return holder.weight.detach()
 
 
+def _shape_key(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
+    return (weight.shape[0], weight.shape[1], weight.dtype)
+
+
+def packed_gemm_max_rows(weight: torch.Tensor) -> int:
+    """Rows up to which ``cpu_linear`` uses the prepacked GEMM for this weight's shape."""
+    return _max_rows_by_shape.get(_shape_key(weight), CPU_PACKED_GEMM_MAX_ROWS)
+
+
+def decide_max_rows(timings: list[tuple[int, float, float]]) -> int:
+    """The switch point from (rows, TPP seconds, torch seconds) measured at increasing row
+    counts: the largest measured row count up to which TPP never lost."""
+    best = ALWAYS_PACKED_ROWS
+    for rows, packed_s, torch_s in sorted(timings):
+        if packed_s > torch_s:
+            break
+        best = rows
+    return best
+
+
+def _seconds(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def measure_max_rows(weight: torch.Tensor, packed: torch.Tensor) -> tuple[int, list]:
+    """Time TPP and torch's GEMM alternately on (a slice of) this weight at TUNED_ROWS;
+    returns (switch point, [(rows, tpp s, torch s), ...])."""
+    out_features, in_features = weight.shape
+    # The prepacked layout is [out / 16, ...]: slicing its first dim is a narrower weight.
+    out_slice = min(out_features, _TUNE_OUT_FEATURES)
+    w = weight[:out_slice]
+    p = packed[: out_slice // 16].contiguous()
+    timings = []
+    gen = torch.Generator().manual_seed(0)
+    for rows in TUNED_ROWS:
+        x = torch.randn(rows, in_features, generator=gen).to(weight.dtype)
+        tpp, ref = torch.ops.torch_ipex.tpp_linear, torch.nn.functional.linear
+        tpp(x, p, out_slice), ref(x, w)  # warm-up (oneDNN primitive creation, caches)
+        packed_s = torch_s = float("inf")
+        # Interleaved, so a busy neighbour hits both; the minimum, since other processes
+        # only ever add time.
+        for _ in range(_TUNE_REPEATS):
+            packed_s = min(packed_s, _seconds(tpp, x, p, out_slice))
+            torch_s = min(torch_s, _seconds(ref, x, w))
+        timings.append((rows, packed_s, torch_s))
+        if packed_s > torch_s or min(packed_s, torch_s) > _TUNE_CALL_BUDGET_S:
+            break
+    return decide_max_rows(timings), timings
+
+
+def choose_max_rows(weight: torch.Tensor, packed: torch.Tensor) -> int:
+    """Decide (once per weight shape and dtype) up to how many rows this shape uses the
+    prepacked GEMM: VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS if set, else measured."""
+    key = _shape_key(weight)
+    if key not in _max_rows_by_shape:
+        fixed = envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS
+        if fixed is not None:
+            _max_rows_by_shape[key] = fixed
+        else:
+            start = time.perf_counter()
+            rows, timings = measure_max_rows(weight, packed)
+            _max_rows_by_shape[key] = rows
+            logger.debug("CPU GEMM %dx%d %s: prepacked up to %d rows (%.2f s; %s)",
+                         key[0], key[1], key[2], rows, time.perf_counter() - start,
+                         ", ".join(f"{r}: {t * 1e3:.2f}/{o * 1e3:.2f} ms"
+                                   for r, t, o in timings))
+    return _max_rows_by_shape[key]
+
+
+def chosen_max_rows() -> dict[tuple[int, int, torch.dtype], int]:
+    """What was decided so far, per (out, in, dtype) (for the load-time log line)."""
+    return dict(_max_rows_by_shape)
+
+
 def cpu_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     packed_weight: torch.Tensor,
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: small batches on the prepacked weight, large on torch's."""
+    """``F.linear(x, weight, bias)``: up to the shape's switch point on the prepacked
+    weight, above it on torch's GEMM."""
     rows = x.numel() // x.shape[-1]
-    if rows > CPU_PACKED_GEMM_MAX_ROWS:
+    if rows > packed_gemm_max_rows(weight):
         return torch.nn.functional.linear(x, weight, bias)
     x = x.contiguous()
     out_features = weight.shape[0]
