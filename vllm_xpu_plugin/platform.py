@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from vllm.platforms.interface import Platform, PlatformEnum, _Backend
 
-from vllm_xpu_plugin import device, envs, moe, request_checks, startup_checks
+from vllm_xpu_plugin import compilation, device, envs, moe, request_checks, startup_checks
 from vllm_xpu_plugin.distributed import ray_checks
 from vllm_xpu_plugin.kernels import attention as attention_kernels
 from vllm_xpu_plugin.log import init_logger
@@ -119,12 +119,9 @@ class XPUPluginPlatform(Platform):
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
-        from vllm.config import CompilationLevel, CUDAGraphMode
-
         cache_config = vllm_config.cache_config
         model_config = vllm_config.model_config
         parallel_config = vllm_config.parallel_config
-        compilation_config = vllm_config.compilation_config
         scheduler_config = vllm_config.scheduler_config
 
         if cache_config is not None:
@@ -168,18 +165,9 @@ class XPUPluginPlatform(Platform):
             if problem:
                 raise PluginConfigError(problem)
 
-        # Eager execution: no CUDA graphs (none on XPU) and no torch.compile, so the
-        # custom ops run as written (IPEX kernels via forward_oot).
-        compilation_config.level = CompilationLevel.NO_COMPILATION
-        compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        compilation_config.cudagraph_capture_sizes = []
-        # Keep the user's "-op" opt-outs (e.g. -rms_norm to compare with the native path).
-        compilation_config.custom_ops = [
-            "all", *(op for op in compilation_config.custom_ops if op.startswith("-"))]
-        if compilation_config.compile_sizes is None:
-            compilation_config.compile_sizes = []
-        if model_config is not None:
-            model_config.enforce_eager = True
+        # Eager, or torch.compile (PIECEWISE inductor split at the attention op) when asked
+        # for and the config allows it (compilation/policy.py, docs/compile.md).
+        compilation.apply_compilation_policy(vllm_config)
 
         # Async scheduling overlaps steps with CUDA streams/events the plugin does not
         # provide at run time.
@@ -255,7 +243,8 @@ class XPUPluginPlatform(Platform):
 
     @classmethod
     def opaque_attention_op(cls) -> bool:
-        return False
+        # Compiled models call attention as vLLM's splitting custom op; eager ones directly.
+        return compilation.attention_op_is_opaque()
 
     # ------------------------------------------------------------------ device
 

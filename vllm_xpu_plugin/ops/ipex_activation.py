@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from vllm.model_executor.layers.activation import GeluAndMul, SiluAndMul
 
-from vllm_xpu_plugin.kernels import activations
+from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.ops._common import keep_in_tree_name
 
 
@@ -19,7 +19,7 @@ class IPEXSiluAndMul(SiluAndMul):
     """``x -> silu(x[..., :d]) * x[..., d:]``, ``d = x.shape[-1] // 2``."""
 
     def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
-        return activations.silu_and_mul(x)
+        return traceable_ops.silu_and_mul(x)
 
 
 keep_in_tree_name(IPEXSiluAndMul, SiluAndMul)
@@ -33,7 +33,7 @@ class IPEXGeluAndMul(GeluAndMul):
     """
 
     def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
-        return activations.gelu_and_mul(x, _out_for(x), self.approximate)
+        return traceable_ops.gelu_and_mul(x, _out_for(x), self.approximate)
 
 
 keep_in_tree_name(IPEXGeluAndMul, GeluAndMul)

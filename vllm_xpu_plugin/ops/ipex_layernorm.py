@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
 
-from vllm_xpu_plugin.kernels import norms
+from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.ops._common import keep_in_tree_name
 
 _Out = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
@@ -37,8 +37,8 @@ class IPEXRMSNorm(RMSNorm):
         if not self._ipex_usable(x):
             return self.forward_native(x, residual)
         if residual is None:
-            return norms.rms_norm(x, self.weight.data, self.variance_epsilon)
-        return norms.fused_add_rms_norm(x, residual, self.weight.data, self.variance_epsilon)
+            return traceable_ops.rms_norm(x, self.weight.data, self.variance_epsilon)
+        return traceable_ops.fused_add_rms_norm(x, residual, self.weight.data, self.variance_epsilon)
 
 
 keep_in_tree_name(IPEXRMSNorm, RMSNorm)
@@ -52,12 +52,12 @@ class IPEXGemmaRMSNorm(GemmaRMSNorm):
     def forward_oot(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> _Out:
         weight = 1.0 + self.weight.data.float()  # hidden_size adds; weights may reload
         if residual is None:
-            return norms.rms_norm(x, weight, self.variance_epsilon)
+            return traceable_ops.rms_norm(x, weight, self.variance_epsilon)
         if x.dtype == torch.float16:
             # Gemma adds an fp16 x to an fp32 copy of the residual and hands the fp32 sum
             # on as the new residual; the fused kernel keeps the residual's dtype.
             return self.forward_native(x, residual)
-        return norms.fused_add_rms_norm(x, residual, weight, self.variance_epsilon)
+        return traceable_ops.fused_add_rms_norm(x, residual, weight, self.variance_epsilon)
 
 
 keep_in_tree_name(IPEXGemmaRMSNorm, GemmaRMSNorm)

@@ -31,6 +31,7 @@ from vllm.model_executor.layers.rotary_embedding import (
     YaRNScalingRotaryEmbedding,
 )
 
+from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.kernels import rotary
 from vllm_xpu_plugin.ops._common import keep_in_tree_name
 
@@ -53,7 +54,7 @@ class _IPEXRotaryForward:
             # Not the layout the kernels read (a future subclass changed it): stay exact.
             return self.forward_native(positions, query, key)  # type: ignore[attr-defined]
         self._match_cos_sin_cache_dtype(query)  # type: ignore[attr-defined]
-        return rotary.rotary_embedding(
+        return traceable_ops.rotary_embedding(
             positions,
             query,
             key,

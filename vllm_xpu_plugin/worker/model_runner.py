@@ -19,6 +19,7 @@ from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, structured_output
+from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.sample import XPUPluginSampler
@@ -79,6 +80,8 @@ class XPUPluginModelRunner(GPUModelRunner):
         super().load_model(*args, **kwargs)
         if device.is_cpu_mode():
             _prepack_cpu_gemm_weights(self.model)
+        if self.vllm_config.compilation_config.level:  # torch.compile (compilation/)
+            traceable_ops.prepare_model_for_compile(self.model, self.model_config.dtype)
 
     def get_dp_padding(self, num_tokens: int):
         # No CUDA graphs, so data-parallel ranks need no common padded size.
@@ -125,7 +128,7 @@ class _PackedGEMM:
         self.packed_weight = packed_weight
 
     def apply(self, layer, x, bias=None):
-        return gemm.cpu_linear(x, layer.weight, bias, self.packed_weight)
+        return traceable_ops.cpu_linear(x, layer.weight, bias, self.packed_weight)
 
 
 class _PackedLinearMethod(_PackedGEMM, UnquantizedLinearMethod):
