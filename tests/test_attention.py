@@ -386,6 +386,94 @@ def test_head_size_128_with_32_query_and_8_kv_heads():
                           seed=7, head_size=128))
 
 
+# --------------------------------------------------------------------------- decode kernels
+# CPU mode runs decode-only batches on the kernel measured faster on the machine
+# (kernels/attention.py); each must match the reference on its own.
+
+DECODE_BATCH = tuple(Request(context_len=c, query_len=1) for c in (0, 15, 16, 37, 150, 300))
+
+
+@pytest.fixture
+def decode_kernel_calls(monkeypatch):
+    """Fix the decode kernel (as VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION does) and count the
+    single-query kernel's calls."""
+    from vllm_xpu_plugin.kernels import attention as attention_kernels
+
+    calls = []
+    real = attention_kernels.paged_attention_single_query
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention_kernels, "paged_attention_single_query", counting)
+
+    def use(kernel):
+        monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", kernel)
+        return calls
+    return use
+
+
+@pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
+@pytest.mark.parametrize("kernel", ["varlen", "single_query"])
+@pytest.mark.parametrize("block_size,dtype,heads,head_size", [
+    (16, torch.float32, (8, 2), 64), (64, torch.bfloat16, (8, 2), 64),
+    (32, torch.float16, (8, 1), 80), (64, torch.bfloat16, (32, 8), 128),
+    (16, torch.bfloat16, (4, 4), 256), (128, torch.bfloat16, (9, 3), 96)])
+def test_decode_only_batch_on_each_decode_kernel(decode_kernel_calls, kernel, block_size,
+                                                 dtype, heads, head_size):
+    calls = decode_kernel_calls(kernel)
+    check_step(make_batch(requests=DECODE_BATCH, block_size=block_size, num_heads=heads[0],
+                          num_kv_heads=heads[1], dtype=dtype, seed=11, head_size=head_size))
+    assert calls == ([len(DECODE_BATCH)] if kernel == "single_query" else [])
+
+
+@pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
+@pytest.mark.parametrize("features", [dict(sliding_window=24), dict(logits_soft_cap=5.0)])
+def test_decode_with_window_or_soft_cap_stays_on_the_varlen_kernel(decode_kernel_calls,
+                                                                   features):
+    """The single-query call passes no window and no cap: such layers keep the varlen
+    kernel even when single-query is chosen, and stay correct."""
+    calls = decode_kernel_calls("single_query")
+    batch = make_batch(requests=DECODE_BATCH, block_size=16, dtype=torch.float32,
+                       query_gain=4.0, seed=12)
+    check_step(batch, **features)
+    assert calls == []
+
+
+@pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
+def test_mixed_batches_never_take_the_single_query_kernel(decode_kernel_calls):
+    calls = decode_kernel_calls("single_query")
+    check_step(make_batch(block_size=16, dtype=torch.bfloat16, seed=13))
+    assert calls == []
+
+
+@pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
+def test_decode_kernel_is_measured_once_per_head_configuration(monkeypatch):
+    from vllm_xpu_plugin.kernels import attention as attention_kernels
+
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", raising=False)
+    monkeypatch.setattr(attention_kernels, "_decode_kernel_by_config", {})
+    measured = []
+    real = attention_kernels._measure_decode_kernels
+
+    def spy(*key):
+        measured.append(key)
+        seconds = real(*key)
+        assert set(seconds) == set(attention_kernels.DECODE_KERNELS)
+        assert all(0 < t < 10 for t in seconds.values())
+        return seconds
+
+    monkeypatch.setattr(attention_kernels, "_measure_decode_kernels", spy)
+    for _ in range(2):
+        chosen = attention_kernels.decode_kernel(8, 2, 64, torch.bfloat16, 16)
+        assert chosen in attention_kernels.DECODE_KERNELS
+    assert measured == [(8, 2, 64, torch.bfloat16, 16)]
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "bogus")
+    with pytest.raises(ValueError, match="must be 'auto', 'varlen' or 'single_query'"):
+        attention_kernels.decode_kernel(8, 2, 64, torch.bfloat16, 16)
+
+
 # --------------------------------------------------------------------------- cache writes
 
 

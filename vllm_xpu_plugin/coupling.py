@@ -305,6 +305,7 @@ CATALOGUE: tuple[Coupling, ...] = (
           ("rotary_position_embedding", 7, "kernels/rotary.py"),
           ("reshape_and_cache", 8, "kernels/attention.py"),
           ("flash_attn_varlen_func", 18, "kernels/attention.py"),
+          ("single_query_cached_kv_attention", 15, "kernels/attention.py"),
       )),
     Coupling("torch.nn:Module", "instance-has", ("_parameters",),
              "quantization/int4_linear.py", "drops the checkpoint's packed int4 tensors once "

@@ -5,6 +5,7 @@ import os
 __all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: F822
            "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode",  # noqa: F822 (module __getattr__)
            "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",  # noqa: F822
+           "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION",  # noqa: F822
            "set_defaults"]
 
 
@@ -46,6 +47,18 @@ def _cpu_gemm_max_rows():
     return value
 
 
+def _cpu_decode_attention():
+    # CPU mode: the paged-attention kernel of decode-only batches. Unset or "auto": the one
+    # measured faster on this machine (kernels/attention.py); "varlen" or "single_query".
+    raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw not in ("varlen", "single_query"):
+        raise ValueError(f"VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION={raw!r} must be 'auto', "
+                         "'varlen' or 'single_query'")
+    return raw
+
+
 def __getattr__(name: str):
     if name == "VLLM_XPU_PLUGIN_DEVICE":
         return _device()
@@ -53,6 +66,8 @@ def __getattr__(name: str):
         return _cpu_kvcache_gb()
     if name == "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS":
         return _cpu_gemm_max_rows()
+    if name == "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION":
+        return _cpu_decode_attention()
     if name == "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME":
         # TEST-ONLY: the device name the platform reports (e.g. "Intel(R) Arc(TM) A770
         # Graphics") so per-model startup checks can be tested without that GPU. It

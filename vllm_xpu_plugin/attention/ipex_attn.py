@@ -5,10 +5,10 @@ order - takes one path: the new tokens' K/V are written into the paged cache, th
 ``flash_attn_varlen_func`` call attends each sequence's queries over its whole cached
 context. No batch reordering is needed.
 
-The single-query decode kernel is not used: on CPU it was slower than the varlen kernel
-for small decode batches (about 2x at 1-8 sequences) and faster only for large ones
-(1.1-2.5x at 32-64 sequences x 1-2k tokens); XPU has a different decode kernel that
-cannot be measured here. One path keeps CPU mode a faithful test of the XPU one.
+CPU mode only: a decode-only batch (one query per sequence) of a layer without window,
+soft cap or fp8 cache may run on IPEX's single-query kernel instead, when it was measured
+faster on this machine (kernels/attention.py: 3.5-7x on an AMD EPYC without AMX, 0.85-1.8x
+on an AMX Xeon). The Intel GPU path keeps the one varlen call, as vLLM's XPU backend.
 
 Encoder-only attention (BERT-style embedders and cross-encoders, attn_type ENCODER_ONLY):
 bidirectional over each whole prompt, no KV cache, on IPEX's non-paged varlen kernel
@@ -221,6 +221,15 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         self.logits_soft_cap = -1.0 if not logits_soft_cap else float(logits_soft_cap)
         # Layers that reuse another layer's KV cache must not write into it.
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        # CPU mode: decode-only batches may run on the single-query kernel (chosen per
+        # machine, kernels/attention.py).
+        self._single_query_possible = (
+            attn_type == AttentionType.DECODER
+            and attention_kernels.single_query_decode_possible(
+                self.window_left, self.logits_soft_cap, self._kernel_kv_dtype, num_heads,
+                num_kv_heads))
+        self._head_mapping = (attention_kernels.head_mapping(num_heads, num_kv_heads)
+                              if self._single_query_possible else None)
 
     def forward(
         self,
@@ -270,6 +279,13 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
                     key_cache, value_cache, attn_metadata.kv_write_slot_mapping,
                     self._kernel_kv_dtype)
 
+        if attn_metadata.max_query_len == 1 and self._decode_on_single_query(query, key_cache):
+            attention_kernels.paged_attention_single_query(
+                output_rows, query, key_cache, value_cache, self._head_mapping, self.scale,
+                attn_metadata.block_table, attn_metadata.seq_lens,
+                key_cache.shape[-2 if device.kv_cache_layout() == "HND" else -3],
+                attn_metadata.max_seq_len)
+            return output
         attention_kernels.paged_attention_varlen(
             output_rows,
             query,
@@ -286,6 +302,14 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             kv_cache_dtype=self._kernel_kv_dtype,
         )
         return output
+
+    def _decode_on_single_query(self, query: torch.Tensor, key_cache: torch.Tensor) -> bool:
+        if not self._single_query_possible:
+            return False
+        block_size = key_cache.shape[-2 if device.kv_cache_layout() == "HND" else -3]
+        return attention_kernels.decode_kernel(
+            self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
+            block_size) == "single_query"
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (key_cache, value_cache) of this layer's cache, split once instead of per step.

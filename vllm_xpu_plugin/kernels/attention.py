@@ -1,14 +1,21 @@
 """Attention kernels: KV-cache write, variable-length causal attention over the paged KV
-cache, and variable-length attention without a cache (encoder-only models).
+cache, CPU mode's decode-only kernel and the per-machine choice of it, and
+variable-length attention without a cache (encoder-only models).
 
 The KV-cache tensors are in :func:`vllm_xpu_plugin.device.kv_cache_layout`."""
 
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 
-from vllm_xpu_plugin import device
+from vllm_xpu_plugin import device, envs
 from vllm_xpu_plugin.kernels.cpu_threads import cpu_small_op
+from vllm_xpu_plugin.log import init_logger
+
+logger = init_logger(__name__)
 
 
 def attention_head_sizes() -> list[int]:
@@ -108,6 +115,115 @@ def paged_attention_varlen(
         v_scale=1.0,
         softcap=softcap,
     )
+
+
+# ---- CPU mode: decode-only batches ----------------------------------------------------
+# IPEX's CPU build has a second paged kernel for one query per sequence
+# (single_query_cached_kv_attention). Which of the two is faster depends on the CPU:
+#   AMX Xeon (2026-11-27): single-query 0.85-1.8x the varlen kernel over five runs (not
+#   reliably faster, so it was not routed);
+#   AMD EPYC, AVX512-BF16, no AMX (2026-12-02, 1 thread, load 2.8): single-query 3.5-7x
+#   faster (SmolLM2 heads 9/3x64, 16 x 320 tokens: 4.41 -> 0.62 ms; Llama-8B heads
+#   32/8x128, 32 x 1024: 154 -> 25 ms).
+# So a decode-only batch uses the kernel measured faster on this machine, once per head
+# configuration, on a synthetic batch (decode_kernel), unless
+# VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION fixes it.
+
+DECODE_KERNELS = ("varlen", "single_query")
+_DECODE_TUNE_SEQS, _DECODE_TUNE_CONTEXT, _DECODE_TUNE_REPEATS = 16, 512, 3
+_decode_kernel_by_config: dict[tuple, str] = {}
+
+
+def paged_attention_single_query(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    head_mapping: torch.Tensor,
+    scale: float,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_size: int,
+    max_seq_len: int,
+) -> None:
+    """CPU mode: attention of one query per sequence (row i of query/out is sequence i's
+    newest token) over its ``seq_lens[i]`` cached tokens. head_mapping[h] is query head
+    h's KV head (int32). Full attention only: no window, no soft cap, no fp8 cache."""
+    device.ipex_ops().single_query_cached_kv_attention(
+        out, query, key_cache, value_cache, head_mapping, scale, block_table, seq_lens,
+        block_size, max_seq_len, None, -1, 1.0, 1.0, -1.0)
+
+
+def _measure_decode_kernels(num_heads: int, num_kv_heads: int, head_size: int,
+                            dtype: torch.dtype, block_size: int) -> dict[str, float]:
+    """Seconds per call of each decode kernel on a synthetic batch (min of interleaved
+    repeats: other processes only ever add time)."""
+    seqs, context = _DECODE_TUNE_SEQS, _DECODE_TUNE_CONTEXT
+    blocks = seqs * -(-context // block_size)
+    gen = torch.Generator().manual_seed(0)
+    shape = device.kv_cache_shape(blocks, block_size, num_kv_heads, head_size)[1:]
+    key_cache = torch.randn(*shape, generator=gen).to(dtype)
+    value_cache = torch.randn(*shape, generator=gen).to(dtype)
+    query = torch.randn(seqs, num_heads, head_size, generator=gen).to(dtype)
+    out = torch.empty_like(query)
+    block_table = torch.randperm(blocks, generator=gen).to(torch.int32).view(seqs, -1)
+    seq_lens = torch.full((seqs,), context, dtype=torch.int32)
+    cu_q = torch.arange(seqs + 1, dtype=torch.int32)
+    cu_kv = torch.arange(seqs + 1, dtype=torch.int32) * context
+    mapping = head_mapping(num_heads, num_kv_heads)
+    scale = 1.0 / math.sqrt(head_size)
+    calls = {
+        "varlen": lambda: paged_attention_varlen(out, query, key_cache, value_cache, cu_q,
+                                                 cu_kv, 1, context, scale, block_table),
+        "single_query": lambda: paged_attention_single_query(
+            out, query, key_cache, value_cache, mapping, scale, block_table, seq_lens,
+            block_size, context),
+    }
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()  # warm-up
+    for _ in range(_DECODE_TUNE_REPEATS):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def head_mapping(num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """Query head -> KV head (int32), as the single-query kernel takes it."""
+    return torch.arange(num_kv_heads, dtype=torch.int32).repeat_interleave(
+        num_heads // num_kv_heads)
+
+
+def decode_kernel(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
+                  block_size: int) -> str:
+    """"single_query" or "varlen": the kernel decode-only batches of this configuration
+    use in CPU mode (VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION, or measured once)."""
+    fixed = envs.VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION
+    if fixed is not None:
+        return fixed
+    key = (num_heads, num_kv_heads, head_size, dtype, block_size)
+    if key not in _decode_kernel_by_config:
+        start = time.perf_counter()
+        seconds = _measure_decode_kernels(*key)
+        chosen = min(seconds, key=seconds.get)
+        _decode_kernel_by_config[key] = chosen
+        logger.info(
+            "CPU mode: decode attention (%d/%d heads x %d, %s, block %d) on the %s kernel: "
+            "%s (measured in %.2f s; VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION fixes it)",
+            num_heads, num_kv_heads, head_size, str(dtype).removeprefix("torch."),
+            block_size, chosen.replace("_", "-"),
+            ", ".join(f"{n.replace('_', '-')} {t * 1e3:.2f} ms" for n, t in seconds.items()),
+            time.perf_counter() - start)
+    return _decode_kernel_by_config[key]
+
+
+def single_query_decode_possible(window_left: int, softcap: float, kv_cache_dtype: str,
+                                 num_heads: int, num_kv_heads: int) -> bool:
+    """Whether the single-query kernel computes what the varlen call would (CPU mode)."""
+    return (device.is_cpu_mode() and window_left < 0 and softcap < 0
+            and kv_cache_dtype == "auto" and num_heads % num_kv_heads == 0)
 
 
 def varlen_attention(
