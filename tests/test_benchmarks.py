@@ -211,3 +211,206 @@ def test_serving_quick(tiny_llama_dir, tmp_path):
         # HF produced exactly the requested tokens (min_new_tokens = max_new_tokens).
         assert row["hf"]["output_tokens"] == row["num_prompts"] * 8
     assert set(data["hf_sweep"]) == {"1", "2"}
+
+
+# ------------------------------------------------------------------ the vLLM CPU peer
+
+
+def test_cpu_flags_parser():
+    amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 vaes\n"
+    xeon = ("processor\t: 0\nflags\t\t: avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile "
+            "amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    f = _common.cpu_flags(amd)
+    assert f["avx512f"] and f["avx512_bf16"]
+    assert not f["avx512_fp16"] and not any(v for k, v in f.items() if k.startswith("amx"))
+    assert _common.describe_cpu_flags(f).startswith("no AMX")
+    g = _common.cpu_flags(xeon)  # the first CPU's flags line decides
+    assert g["amx_bf16"] and g["amx_tile"] and g["amx_int8"] and g["avx512_fp16"]
+    assert not g["amx_fp16"]
+    assert _common.describe_cpu_flags(g).startswith("AMX")
+    assert not any(_common.cpu_flags("no flags here").values())
+
+
+def test_port_range_and_taken_ports():
+    assert _common.port_range("18200-18299") == range(18200, 18300)
+    assert _common.port_range("18250") == range(18250, 18251)
+    with pytest.raises(ValueError):
+        _common.port_range("18299-18200")
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        # A bound port is skipped; the next one of the list is returned.
+        assert _common.free_port(ports=[busy, busy + 1, busy + 2]) != busy
+
+
+def test_offline_ratios_from_canned_numbers():
+    from benchmarks import serving
+
+    rows, s = serving.offline_rows(
+        {serving.PLUGIN: [200.0, 220.0], serving.PEER: [100.0, 140.0]},
+        {16: [60.0, 64.0], 4: [30.0], 8: [70.0]})
+    assert s["plugin"] == 210.0 and s["peer"] == 120.0
+    assert s["hf_best_batch"] == 8 and s["hf_best"] == 70.0
+    assert s["plugin_vs_peer"] == pytest.approx(1.75)
+    assert s["plugin_vs_hf_best"] == pytest.approx(3.0)
+    labels = [r[0] for r in rows]
+    assert labels == [serving.PLUGIN, serving.PEER, f"{serving.HF} bs=4",
+                      f"{serving.HF} bs=8 (best)", f"{serving.HF} bs=16"]
+    assert rows[1][1] == "100.0 / 140.0" and rows[4][2] == 62.0
+    lines = serving.target_lines(s, {}, 16)
+    assert lines[0].endswith("1.75x -> MET") and "bs=8" in lines[1]
+    assert lines[1].endswith("3.00x -> MET")
+    # No peer in the run: the target is reported as not measured, not as met.
+    _, s2 = serving.offline_rows({serving.PLUGIN: [100.0]}, {16: [50.0]})
+    assert serving.target_lines(s2, {}, 16)[0].endswith("not measured")
+
+
+def test_served_ratios_from_canned_numbers():
+    from benchmarks import serving
+
+    def m(tok_s, tpot):
+        return {k: 1.0 for k in serving.METRICS} | {"output_throughput": tok_s,
+                                                    "mean_tpot_ms": tpot}
+
+    served = {16: {serving.PLUGIN: [m(150, 90), m(170, 80), m(160, 100)],
+                   serving.PEER: [m(200, 70), m(240, 60)]}}
+    rows, s = serving.served_rows(served, {16: m(50, 300)})
+    assert s[16]["medians"][serving.PLUGIN]["output_throughput"] == 160
+    assert s[16]["medians"][serving.PLUGIN]["mean_tpot_ms"] == 90
+    assert s[16]["medians"][serving.PEER]["output_throughput"] == 220
+    assert s[16]["plugin_vs_peer"] == pytest.approx(160 / 220)
+    assert s[16]["plugin_vs_hf"] == pytest.approx(3.2)
+    ratio_rows = {r[0]: r for r in rows if r[0].startswith("  plugin/")}
+    tpot = 2 + serving.METRICS.index("mean_tpot_ms")
+    assert ratio_rows[f"  plugin/{serving.PEER}"][tpot] == pytest.approx(90 / 65)
+    lines = serving.target_lines(None, s, 16)
+    assert lines[0].endswith(f"{160 / 220:.2f}x -> NOT MET")
+    assert lines[1].endswith("3.20x -> MET")
+
+
+def test_bench_serve_command_is_the_issue_workload(tmp_path):
+    from benchmarks import serving
+
+    cmd = serving.bench_serve_cmd("http://127.0.0.1:18201", Path("/m"), 256, 128, 32, 16, 0,
+                                  tmp_path / "r.json")
+    text = " ".join(cmd)
+    assert cmd[0] == str(Path(sys.executable).parent / "vllm")  # one client for every side
+    for flag in ("bench serve", "--base-url http://127.0.0.1:18201", "--dataset-name random",
+                 "--random-input-len 256", "--random-output-len 128", "--num-prompts 32",
+                 "--max-concurrency 16", "--ignore-eos", f"--result-dir {tmp_path}"):
+        assert flag in text, flag
+
+
+def test_peer_environment_and_staged_modules_keep_the_plugin_out(tmp_path):
+    import ast
+
+    from benchmarks import peer_setup
+
+    stage = peer_setup.stage_peer_modules(tmp_path / "stage")
+    base = {"VLLM_XPU_PLUGIN_DEVICE": "cpu", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB": "2",
+            "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1",
+            "OMP_NUM_THREADS": "2", "HOME": "/root"}
+    env = peer_setup.peer_env(base, stage)
+    assert not [k for k in env if k.startswith("VLLM_XPU_PLUGIN")]
+    assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env
+    assert env["PYTHONPATH"] == str(stage) and env["OMP_NUM_THREADS"] == "2"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == str(peer_setup.KV_CACHE_GIB)
+    side = peer_setup.peer_side(Path("/venv"), stage)
+    assert side.python == "/venv/bin/python" and side.cwd == stage
+    assert not side.cwd.is_relative_to(REPO_ROOT)
+    # The staged directory is the whole import path of the peer: only the peer modules,
+    # and they import nothing of the plugin or of the other benchmark modules.
+    staged = sorted(p.name for p in (stage / "benchmarks").iterdir())
+    assert staged == sorted(["__init__.py", *peer_setup.PEER_MODULES])
+    for name in peer_setup.PEER_MODULES:
+        tree = ast.parse((stage / "benchmarks" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            for mod in mods:
+                assert not mod.startswith("vllm_xpu_plugin"), (name, mod)
+                if mod.startswith("benchmarks."):
+                    assert mod.split(".")[1] + ".py" in peer_setup.PEER_MODULES, (name, mod)
+    plugin = peer_setup.plugin_env({"PYTHONPATH": "/x"})
+    assert plugin["VLLM_XPU_PLUGIN_DEVICE"] == "cpu"
+    assert plugin["PYTHONPATH"].split(os.pathsep) == [str(REPO_ROOT), "/x"]
+
+
+def test_peer_info_check():
+    from benchmarks import peer_setup
+
+    good = dict(platform="CpuPlatform", platform_module="vllm.platforms.cpu",
+                plugin_importable=False, plugin_loaded=False, env={})
+    peer_setup.check_peer_info(good)
+    for bad in (dict(good, platform="XPUPluginPlatform"), dict(good, plugin_importable=True),
+                dict(good, env={"VLLM_XPU_PLUGIN_DEVICE": "cpu"})):
+        with pytest.raises(RuntimeError, match="not vLLM's own CPU backend"):
+            peer_setup.check_peer_info(bad)
+    with pytest.raises(RuntimeError):
+        peer_setup.check_plugin_info(good)
+
+
+def test_peer_engine_protocol_with_a_stub_engine():
+    import io
+
+    from benchmarks import peer_engine
+
+    class Stub:
+        def info(self):
+            return {"platform": "CpuPlatform"}
+
+        def offline(self, n, i, o):
+            return {"tok_s": n * o / 2.0, "input_len": i}
+
+        def steps(self, batch, i, o, seed):
+            raise ValueError("no timed worker")
+
+    commands = io.StringIO('{"cmd": "info"}\n\n{"cmd": "offline", "num_prompts": 4, '
+                           '"input_len": 8, "output_len": 10}\n{"cmd": "steps", "batch": 1, '
+                           '"input_len": 1, "output_len": 1}\n{"cmd": "quit"}\n'
+                           '{"cmd": "info"}\n')
+    out = io.StringIO()
+    peer_engine.serve_commands(Stub(), commands, out)
+    replies = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert replies[0] == {"ok": True, "result": {"platform": "CpuPlatform"}}
+    assert replies[1] == {"ok": True, "result": {"tok_s": 20.0, "input_len": 8}}
+    assert replies[2]["ok"] is False and "no timed worker" in replies[2]["error"]
+    assert len(replies) == 3  # nothing after quit
+    prompts = peer_engine.offline_prompts(3, 5)
+    assert [len(p) for p in prompts] == [6, 6, 6] and prompts[1][:2] == [1, 107]
+
+
+def test_host_overhead_side_by_side():
+    def s(step, forward, prep, sample, bookkeep, execute):
+        return dict(step=step, forward=forward, prep=prep, sample=sample, bookkeep=bookkeep,
+                    runner_other=execute - forward - prep - sample - bookkeep,
+                    outside_runner=step - execute, host_overhead=step - forward)
+
+    plugin = {16: s(0.080, 0.070, 0.004, 0.001, 0.001, 0.078)}
+    peer = {16: s(0.100, 0.095, 0.002, 0.001, 0.0005, 0.099), 1: s(0.05, 0.04, 0, 0, 0, 0.05)}
+    table, ratios = step_profile.host_overhead_table(plugin, peer)
+    assert list(ratios) == [16]  # only batches both sides ran
+    assert ratios[16] == pytest.approx(0.010 / 0.005)
+    lines = table.splitlines()
+    assert lines[2].split()[:3] == ["plugin", "16", "80.0"]
+    assert lines[3].split()[:4] == ["vLLM", "CPU", "16", "100"]
+    assert lines[4].split()[:2] == ["plugin/peer", "16"]
+
+
+def test_step_summary_with_prep_and_bookkeeping():
+    def rec(start, execute, forward, sample, prep, bookkeep):
+        return dict(start=start, end=start + execute, forward=forward, sample=sample,
+                    prep=prep, bookkeep=bookkeep, num_reqs=2, num_tokens=2)
+
+    records = [rec(0.0, 0.008, 0.005, 0.001, 0.0015, 0.0005), rec(0.01, 0.008, 0.005, 0.001,
+                                                                   0.0015, 0.0005)]
+    s = step_profile.summarize(records, batch=2)
+    assert s["prep"] == pytest.approx(0.0015) and s["bookkeep"] == pytest.approx(0.0005)
+    assert s["runner_other"] == pytest.approx(0.008 - 0.005 - 0.001 - 0.0015 - 0.0005)
