@@ -1,10 +1,9 @@
 """Per-step timing of a vLLM V1 model runner, shared by the plugin's timed worker
 (benchmarks/timed_worker.py) and the vLLM CPU backend's (benchmarks/peer_timed_worker.py).
 
-Imports only vLLM-independent code at module level and never the plugin, so the peer (vLLM's
-own CPU backend, in its own venv, where the plugin is not installed) can load it. Both sides
-then measure the *same* intervals of ``GPUModelRunner.execute_model`` (the code both runners
-inherit), per call:
+Imports vLLM's scheduler and never the plugin, so the peer (vLLM's own CPU backend, in its
+own venv, where the plugin is not installed) can load it. Both sides then measure the *same*
+intervals of ``GPUModelRunner.execute_model`` (the code both runners inherit), per call:
 
 - ``start`` / ``end``: the call (input preparation + forward + sampling + bookkeeping);
 - ``prep``: ``_update_states`` + ``_prepare_inputs`` + ``_preprocess`` (persistent batch
@@ -14,6 +13,13 @@ inherit), per call:
 - ``bookkeep``: ``_bookkeeping_sync`` (sampled ids to lists, request state);
 - the batch: requests and scheduled tokens.
 
+and, when the engine runs :class:`TimedScheduler` (``scheduler_cls=...``; the scheduler and
+a TP=1 worker share the engine-core process, which is how the two meet):
+
+- ``schedule``: the ``Scheduler.schedule()`` call that produced this step;
+- ``update``: ``Scheduler.update_from_output()`` after it (request state, stop checks,
+  the engine-core outputs).
+
 The time from one call's start to the next call's start is the engine step; everything in
 it that is not ``forward`` is host overhead: the runner's own share above plus, outside the
 runner, scheduling, output processing and the engine's inter-process messaging.
@@ -22,6 +28,31 @@ runner, scheduling, output processing and the engine's inter-process messaging.
 from __future__ import annotations
 
 import time
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+# Handed from the scheduler to the runner within the engine-core process: the last
+# schedule() duration, and the step record that update_from_output() completes.
+_SCHEDULER_HANDOFF: dict = {"schedule": None, "record": None}
+
+
+class TimedScheduler(Scheduler):
+    """vLLM's scheduler, timing ``schedule`` and ``update_from_output``."""
+
+    def schedule(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().schedule(*args, **kwargs)
+        _SCHEDULER_HANDOFF["schedule"] = time.perf_counter() - t0
+        return out
+
+    def update_from_output(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().update_from_output(*args, **kwargs)
+        record = _SCHEDULER_HANDOFF["record"]
+        if record is not None:
+            record["update"] = time.perf_counter() - t0
+            _SCHEDULER_HANDOFF["record"] = None
+        return out
 
 
 class TimedModel:
@@ -106,10 +137,14 @@ class StepTimingMixin:
         end = time.perf_counter()
         if profiling:
             self._profile_step_end(end - start)
-        self.step_records.append(dict(
-            start=start, end=end, forward=self._forward_s, sample=self._sample_s,
-            prep=self._prep_s, bookkeep=self._bookkeep_s, num_reqs=num_reqs,
-            num_tokens=num_tokens))
+        record = dict(start=start, end=end, forward=self._forward_s, sample=self._sample_s,
+                      prep=self._prep_s, bookkeep=self._bookkeep_s, num_reqs=num_reqs,
+                      num_tokens=num_tokens)
+        if _SCHEDULER_HANDOFF["schedule"] is not None:
+            record["schedule"] = _SCHEDULER_HANDOFF["schedule"]
+            _SCHEDULER_HANDOFF["schedule"] = None
+            _SCHEDULER_HANDOFF["record"] = record
+        self.step_records.append(record)
         return out
 
     # ---------------------------------------------------------------- op profile

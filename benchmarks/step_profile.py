@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -81,14 +82,19 @@ def summarize(records: list[dict], batch: int) -> dict:
         if cur["num_reqs"] == batch and cur["num_tokens"] == batch:
             steps.append(dict(step=nxt["start"] - cur["start"], execute=cur["end"] - cur["start"],
                               forward=cur["forward"], sample=cur["sample"],
-                              prep=cur.get("prep", 0.0), bookkeep=cur.get("bookkeep", 0.0)))
+                              prep=cur.get("prep", 0.0), bookkeep=cur.get("bookkeep", 0.0),
+                              schedule=cur.get("schedule", math.nan),
+                              update=cur.get("update", math.nan)))
     if not steps:
         raise RuntimeError(f"no steady decode steps at batch {batch} were recorded")
     out = {k: _median([s[k] for s in steps])
-           for k in ("step", "execute", "forward", "sample", "prep", "bookkeep")}
+           for k in ("step", "execute", "forward", "sample", "prep", "bookkeep", "schedule",
+                     "update")}
     out["runner_other"] = (out["execute"] - out["forward"] - out["sample"] - out["prep"]
                            - out["bookkeep"])
     out["outside_runner"] = out["step"] - out["execute"]
+    # Outside the runner and the scheduler: engine-core loop, output queue, messaging.
+    out["outside_other"] = out["outside_runner"] - out["schedule"] - out["update"]
     out["host_overhead"] = out["step"] - out["forward"]
     out["decode_steps"] = len(steps)
     out["all_steps"] = len(records)
@@ -191,7 +197,8 @@ def start_peer(args, model, engine_args) -> peer_setup.EngineProcess | None:
 
 HOST_COLUMNS = [("step", "step ms"), ("forward", "forward"), ("host_overhead", "host ovh"),
                 ("prep", "input prep"), ("sample", "sample"), ("bookkeep", "bookkeep"),
-                ("runner_other", "runner other"), ("outside_runner", "outside runner")]
+                ("runner_other", "runner other"), ("schedule", "schedule"),
+                ("update", "update"), ("outside_other", "engine other")]
 
 
 def host_overhead_table(plugin: dict[int, dict], peer: dict[int, dict]):
@@ -222,6 +229,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", str(peer_setup.KV_CACHE_GIB))
     engine_args = dict(dtype=args.dtype, seed=0, enable_prefix_caching=False,
+                       scheduler_cls="benchmarks.peer_step_timing.TimedScheduler",
                        max_model_len=args.input_len + args.output_len + 16,
                        max_num_seqs=max(args.batches))
     peer = start_peer(args, model, engine_args)  # builds while the plugin's engine does

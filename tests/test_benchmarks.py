@@ -10,6 +10,7 @@ serving and step-profile smoke runs start engines and are marked slow.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -391,7 +392,8 @@ def test_host_overhead_side_by_side():
     def s(step, forward, prep, sample, bookkeep, execute):
         return dict(step=step, forward=forward, prep=prep, sample=sample, bookkeep=bookkeep,
                     runner_other=execute - forward - prep - sample - bookkeep,
-                    outside_runner=step - execute, host_overhead=step - forward)
+                    schedule=0.0005, update=0.0005, outside_other=step - execute - 0.001,
+                    host_overhead=step - forward)
 
     plugin = {16: s(0.080, 0.070, 0.004, 0.001, 0.001, 0.078)}
     peer = {16: s(0.100, 0.095, 0.002, 0.001, 0.0005, 0.099), 1: s(0.05, 0.04, 0, 0, 0, 0.05)}
@@ -411,6 +413,40 @@ def test_step_summary_with_prep_and_bookkeeping():
 
     records = [rec(0.0, 0.008, 0.005, 0.001, 0.0015, 0.0005), rec(0.01, 0.008, 0.005, 0.001,
                                                                    0.0015, 0.0005)]
+    records[0].update(schedule=0.0004, update=0.0006)
     s = step_profile.summarize(records, batch=2)
     assert s["prep"] == pytest.approx(0.0015) and s["bookkeep"] == pytest.approx(0.0005)
     assert s["runner_other"] == pytest.approx(0.008 - 0.005 - 0.001 - 0.0015 - 0.0005)
+    assert s["schedule"] == pytest.approx(0.0004) and s["update"] == pytest.approx(0.0006)
+    assert s["outside_other"] == pytest.approx(0.010 - 0.008 - 0.001)
+    # Without the timed scheduler the split is unknown (NaN, printed "-"), not zero.
+    for r in records:
+        r.pop("schedule", None), r.pop("update", None)
+    s = step_profile.summarize(records, batch=2)
+    assert math.isnan(s["schedule"]) and math.isnan(s["outside_other"])
+    assert s["outside_runner"] == pytest.approx(0.002)
+
+
+def test_timed_scheduler_hands_its_times_to_the_step_record():
+    from benchmarks import peer_step_timing as t
+
+    class Runner:  # the parts of GPUModelRunner.execute_model the mixin calls
+        def execute_model(self, scheduler_output, intermediate_tensors=None):
+            return "out"
+
+    class Timed(t.StepTimingMixin, Runner):
+        pass
+
+    class Out:
+        num_scheduled_tokens = {"a": 1, "b": 1}
+        total_num_scheduled_tokens = 2
+
+    runner = Timed()
+    runner._init_timing()
+    t._SCHEDULER_HANDOFF.update(schedule=0.003, record=None)
+    assert runner.execute_model(Out()) == "out"
+    record = runner.step_records[-1]
+    assert record["schedule"] == 0.003 and record["num_reqs"] == 2
+    assert t._SCHEDULER_HANDOFF["record"] is record  # update_from_output completes it
+    runner.execute_model(Out())  # no schedule() in between: nothing stale is reused
+    assert "schedule" not in runner.step_records[-1]
