@@ -35,33 +35,65 @@ MODES = {
     "compiled-cold": ({"level": 3}, {"VLLM_CACHE_ROOT": ""}),  # a fresh directory per run
     "compiled-cached": ({"level": 3}, {}),
 }
+INTERLEAVED_ROUNDS = 3
 _COMPILE_LOG = re.compile(r"torch\.compile takes ([\d.]+) s in total")
 
 
-def _child(mode: str) -> None:
-    sys.path.insert(0, str(REPO))
+def _prompts_and_params():
+    from vllm import SamplingParams
+
+    prompts = [f"Question {i}: tell me about the number {i * 7} and why it matters."
+               for i in range(NUM_PROMPTS)]
+    return prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+def _build(compilation_config: dict):
     from vllm import LLM, SamplingParams
 
     from tests.fixtures.smollm2 import build_smollm2
 
-    model_dir = build_smollm2()
-    compilation_config, _ = MODES[mode]
     started = time.perf_counter()
-    llm = LLM(str(model_dir), dtype="bfloat16", compilation_config=compilation_config,
+    llm = LLM(str(build_smollm2()), dtype="bfloat16", compilation_config=compilation_config,
               max_model_len=512, max_num_seqs=NUM_PROMPTS, seed=0)
     start_s = time.perf_counter() - started
-    prompts = [f"Question {i}: tell me about the number {i * 7} and why it matters."
-               for i in range(NUM_PROMPTS)]
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    llm.generate(["warm-up", "warm-up two"], SamplingParams(temperature=0, max_tokens=4),
+                 use_tqdm=False)
+    return llm, start_s
+
+
+def _timed_generate(llm) -> tuple[float, list[list[int]]]:
+    prompts, params = _prompts_and_params()
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     gen_s = time.perf_counter() - t0
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return gen_s, [list(o.outputs[0].token_ids) for o in outs]
+
+
+def _child(mode: str) -> None:
+    sys.path.insert(0, str(REPO))
+    if mode == "interleaved":
+        # Both engines in this process, generate calls alternating: the fairest A/B on a
+        # machine whose load changes from minute to minute.
+        engines = {}
+        for name in ("eager", "compiled-cached"):
+            llm, start_s = _build(MODES[name][0])
+            engines[name] = llm
+            print("START " + json.dumps({"mode": name, "start_s": round(start_s, 2)}),
+                  flush=True)
+        for round_ in range(1, INTERLEAVED_ROUNDS + 1):
+            for name, llm in engines.items():
+                gen_s, outputs = _timed_generate(llm)
+                tokens = sum(len(o) for o in outputs)
+                print("RESULT " + json.dumps({
+                    "mode": name, "round": round_, "gen_s": round(gen_s, 3),
+                    "tok_per_s": round(tokens / gen_s, 1), "outputs": outputs}), flush=True)
+        return
+    llm, start_s = _build(MODES[mode][0])
+    gen_s, outputs = _timed_generate(llm)
+    tokens = sum(len(o) for o in outputs)
     print("RESULT " + json.dumps({
         "mode": mode, "start_s": round(start_s, 2), "gen_s": round(gen_s, 3),
-        "tok_per_s": round(tokens / gen_s, 1),
-        "outputs": [list(o.outputs[0].token_ids) for o in outs]}), flush=True)
+        "tok_per_s": round(tokens / gen_s, 1), "outputs": outputs}), flush=True)
 
 
 def _run(mode: str) -> dict:

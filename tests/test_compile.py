@@ -47,6 +47,12 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@pytest.fixture(autouse=True)
+def _compile_allowed(monkeypatch):
+    # A suite-wide VLLM_XPU_PLUGIN_COMPILE=0 (eager everywhere else) must not reach these.
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_COMPILE", raising=False)
+
+
 @pytest.fixture
 def policy_lines():
     logger = logging.getLogger("vllm.vllm_xpu_plugin.compilation.policy")
@@ -84,6 +90,15 @@ def test_O0_and_enforce_eager_run_eagerly(tiny_llama_dir, kwargs):
     assert cfg.compilation_config.level == CompilationLevel.NO_COMPILATION
     assert cfg.model_config.enforce_eager is True
     assert cfg.compilation_config.custom_ops[0] == "all"
+
+
+def test_env_0_turns_compilation_off_whatever_the_flags_say(tiny_llama_dir, monkeypatch):
+    from vllm.config import CompilationLevel
+
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_COMPILE", "0")
+    cfg = _engine_config(tiny_llama_dir, compilation_config={"level": 3})
+    assert cfg.compilation_config.level == CompilationLevel.NO_COMPILATION
+    assert cfg.model_config.enforce_eager is True
 
 
 def test_lora_falls_back_to_eager_with_one_line(tiny_llama_dir, policy_lines):
@@ -125,12 +140,18 @@ def _generate(model_dir, compilation_config: dict, prompts):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    from vllm.compilation.counter import compilation_counter
+
+    graphs_before = compilation_counter.num_graphs_seen
     with in_process_engine_core():
         llm = LLM(str(model_dir), dtype="float32", max_model_len=256, max_num_seqs=8,
                   max_num_batched_tokens=MAX_BATCHED_TOKENS, enable_prefix_caching=False,
                   compilation_config=compilation_config, seed=0)
     try:
         level = llm.llm_engine.vllm_config.compilation_config.level
+        # Dynamo handed vLLM's backend a graph: the model really ran compiled.
+        compiled = compilation_counter.num_graphs_seen > graphs_before
+        assert compiled == (level == 3), (level, compiled)
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                             SamplingParams(temperature=0, max_tokens=MAX_TOKENS,
                                            ignore_eos=True, logprobs=NUM_LOGPROBS),

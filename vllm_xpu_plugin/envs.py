@@ -68,6 +68,11 @@ def __getattr__(name: str):
         return _cpu_gemm_max_rows()
     if name == "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION":
         return _cpu_decode_attention()
+    if name == "VLLM_XPU_PLUGIN_COMPILE":
+        # "auto" (unset): torch.compile as vLLM's -O / --compilation-config / --enforce-eager
+        # say (compilation/policy.py); "0": always eager, whatever they say (test suites).
+        raw = os.environ.get("VLLM_XPU_PLUGIN_COMPILE", "").strip().lower()
+        return raw not in ("0", "off", "false", "no")
     if name == "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME":
         # TEST-ONLY: the device name the platform reports (e.g. "Intel(R) Arc(TM) A770
         # Graphics") so per-model startup checks can be tested without that GPU. It

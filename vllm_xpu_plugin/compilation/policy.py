@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Optional
 
-from vllm_xpu_plugin import device
+from vllm_xpu_plugin import device, envs
 from vllm_xpu_plugin.log import init_logger
 
 if TYPE_CHECKING:
@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 # What the plugin runs when the user asks for nothing (no -O, no --compilation-config, no
-# --enforce-eager; vLLM then proposes PIECEWISE). Chosen by measurement, see
-# docs/compile.md "Default": set in the measurement commit.
+# --enforce-eager; vLLM then proposes PIECEWISE): compiled. Measured (benchmarks/
+# compile_mode.py, SmolLM2-135M bf16, 16 prompts x 128 tokens, OMP_NUM_THREADS=2, AMD EPYC
+# 2 vCPU, both engines in one process, generate calls interleaved, load average 8-13 from
+# other jobs): compiled 269 tok/s vs eager 131 tok/s in the least-disturbed rounds (2.0x),
+# same 2048 greedy tokens; engine start +8 s with vLLM's compile cache warm, +65 s cold
+# (torch.compile 64.8 s). docs/compile.md has the table. VLLM_XPU_PLUGIN_COMPILE=0 turns
+# compilation off whatever the flags say (test suites, quick starts).
 COMPILE_BY_DEFAULT = True
 
 # Inductor options vLLM's CPU platform uses for its C++ backend (vllm/platforms/cpu.py).
@@ -91,6 +96,12 @@ def apply_compilation_policy(vllm_config: VllmConfig) -> None:
         _set_eager(vllm_config)
         return
 
+    if compilation_config.level != CompilationLevel.PIECEWISE:
+        # Whole-graph levels would put the attention op (it writes its output buffer) into
+        # inductor's graph, whose functionalization fix-up pass in vLLM 0.11 looks up
+        # vllm._C ops that do not exist here.
+        logger.info("torch.compile level %d runs as level 3 (PIECEWISE, attention split "
+                    "out) on vllm-xpu-plugin (docs/compile.md).", compilation_config.level)
     compilation_config.level = CompilationLevel.PIECEWISE
     compilation_config.backend = "inductor"
     compilation_config.use_inductor = True
@@ -114,6 +125,8 @@ def _compile_requested(vllm_config: VllmConfig) -> bool:
 
     model_config = vllm_config.model_config
     if model_config is not None and model_config.enforce_eager:
+        return False
+    if not envs.VLLM_XPU_PLUGIN_COMPILE:
         return False
     level = vllm_config.compilation_config.level
     if level is None or level == CompilationLevel.NO_COMPILATION:
