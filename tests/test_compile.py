@@ -136,31 +136,34 @@ def test_pooling_model_runs_eagerly(policy_lines):
 # ---------------------------------------------------------------------- end to end
 
 
-def _generate(model_dir, compilation_config: dict, prompts):
+def _generate(model_dir, compilation_config: dict, prompts, *, logprobs=NUM_LOGPROBS,
+              max_tokens=MAX_TOKENS, ignore_eos=True, structured_outputs=None,
+              detokenize=False, **llm_kwargs):
     from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     from vllm.compilation.counter import compilation_counter
+    from vllm.inputs import TokensPrompt
 
     graphs_before = compilation_counter.num_graphs_seen
     with in_process_engine_core():
         llm = LLM(str(model_dir), dtype="float32", max_model_len=256, max_num_seqs=8,
                   max_num_batched_tokens=MAX_BATCHED_TOKENS, enable_prefix_caching=False,
-                  compilation_config=compilation_config, seed=0)
+                  compilation_config=compilation_config, seed=0, **llm_kwargs)
     try:
         level = llm.llm_engine.vllm_config.compilation_config.level
         # Dynamo handed vLLM's backend a graph: the model really ran compiled.
         compiled = compilation_counter.num_graphs_seen > graphs_before
         assert compiled == (level == 3), (level, compiled)
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
-                            SamplingParams(temperature=0, max_tokens=MAX_TOKENS,
-                                           ignore_eos=True, logprobs=NUM_LOGPROBS),
+                            SamplingParams(temperature=0, max_tokens=max_tokens,
+                                           ignore_eos=ignore_eos, logprobs=logprobs,
+                                           structured_outputs=structured_outputs,
+                                           detokenize=detokenize),
                             use_tqdm=False)
     finally:
         shutdown_llm(llm)
     tokens = [list(o.outputs[0].token_ids) for o in outs]
     logprobs = [[{t: lp.logprob for t, lp in step.items()} for step in o.outputs[0].logprobs]
-                for o in outs]
+                for o in outs] if logprobs else None
     return level, tokens, logprobs
 
 
@@ -201,3 +204,51 @@ def test_compiled_greedy_and_logprobs_equal_eager_and_hf(arch):
         ours.append(lps[:same])
     assert sum(len(x) for x in hf_lps) >= len(prompts) * MAX_TOKENS // 2
     _assert_logprobs_close(hf_lps, ours, "compiled vs hf")
+
+
+# ---------------------------------------------------------------------- features compiled
+# Each feature's compiled engine against an eager engine with the same settings.
+
+
+def _compiled_vs_eager(model_dir, prompts, **llm_kwargs):
+    _, compiled_tokens, compiled_lps = _generate(model_dir, {"level": 3}, prompts, **llm_kwargs)
+    _, eager_tokens, eager_lps = _generate(model_dir, {"level": 0}, prompts, **llm_kwargs)
+    return compiled_tokens, compiled_lps, eager_tokens, eager_lps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,llm_kwargs", [
+    ("qwen3-moe", {}),  # FusedMoE (vLLM's moe_forward op) inside the compiled pieces
+    ("llama", {"kv_cache_dtype": "fp8"}),
+])
+def test_compiled_moe_and_fp8_kv_equal_eager(arch, llm_kwargs):
+    prompts = _prompts()
+    c_tokens, c_lps, e_tokens, e_lps = _compiled_vs_eager(build_tiny_model(arch), prompts,
+                                                          **llm_kwargs)
+    assert c_tokens == e_tokens
+    _assert_logprobs_close(e_lps, c_lps, f"{arch} {llm_kwargs} compiled vs eager")
+
+
+@pytest.mark.slow
+def test_compiled_ngram_speculation_and_structured_outputs(tiny_llama_dir):
+    from vllm.sampling_params import StructuredOutputsParams
+
+    # Repetitive prompts so that the ngram proposer finds matches.
+    prompts = [[5, 6, 7, 8] * 6, [9, 10, 11] * 8, [12, 13] * 10]
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+            "prompt_lookup_min": 2}
+    _, spec_tokens, _ = _generate(tiny_llama_dir, {"level": 3}, prompts, logprobs=None,
+                                  speculative_config=spec)
+    _, plain_tokens, _ = _generate(tiny_llama_dir, {"level": 0}, prompts, logprobs=None)
+    assert spec_tokens == plain_tokens  # greedy speculation changes nothing
+
+    choices = ["alpha beta", "gamma", "delta epsilon zeta"]
+    _, choice_tokens, _ = _generate(
+        tiny_llama_dir, {"level": 3}, prompts, logprobs=None, max_tokens=24, ignore_eos=False,
+        structured_outputs=StructuredOutputsParams(choice=choices), detokenize=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    for ids in choice_tokens:
+        text = tok.decode([t for t in ids if t != tok.eos_token_id], skip_special_tokens=True)
+        assert text in choices, (text, ids)

@@ -42,6 +42,17 @@ logger = init_logger(__name__)
 # compilation off whatever the flags say (test suites, quick starts).
 COMPILE_BY_DEFAULT = True
 
+# Ops the compiled graph is split at (run eagerly between compiled pieces): the attention
+# ops, and FusedMoE's ops, which write their input in place: inside an inductor graph such
+# an op becomes auto_functionalized, and vLLM 0.11's FixFunctionalizationPass then looks up
+# torch.ops._C ops, which do not exist without vllm._C (measured: the compile fails).
+SPLITTING_OPS = [
+    "vllm.unified_attention",
+    "vllm.unified_attention_with_output",
+    "vllm.moe_forward",
+    "vllm.moe_forward_shared",
+]
+
 # Inductor options vLLM's CPU platform uses for its C++ backend (vllm/platforms/cpu.py).
 CPU_INDUCTOR_OPTIONS = {
     "dce": True,
@@ -103,6 +114,8 @@ def apply_compilation_policy(vllm_config: VllmConfig) -> None:
         logger.info("torch.compile level %d runs as level 3 (PIECEWISE, attention split "
                     "out) on vllm-xpu-plugin (docs/compile.md).", compilation_config.level)
     compilation_config.level = CompilationLevel.PIECEWISE
+    if compilation_config.splitting_ops is None:  # the user's own list wins
+        compilation_config.splitting_ops = list(SPLITTING_OPS)
     compilation_config.backend = "inductor"
     compilation_config.use_inductor = True
     if device.is_cpu_mode():
