@@ -320,6 +320,45 @@ CATALOGUE: tuple[Coupling, ...] = (
                "WOQ holding one scale copy")
       for op, nargs in (("_convert_weight_to_int4pack_for_cpu", 2),
                         ("_weight_int4pack_mm_for_cpu", 4))),
+    # ------------------------------------------------------------------ torch.compile mode
+    Coupling("vllm.config:CompilationConfig", "fields",
+             ("level", "backend", "use_inductor", "splitting_ops", "inductor_compile_config",
+              "custom_ops", "cudagraph_mode", "cudagraph_capture_sizes", "compile_sizes"),
+             "compilation/policy.py",
+             "maps -O / --compilation-config to eager or PIECEWISE inductor split at the "
+             "attention and MoE ops (docs/compile.md)",
+             "never (vLLM's compilation config); revisit when vLLM renames level -> mode"),
+    *(Coupling(f"torch.ops.vllm.{op}", "op", (nargs,), "compilation/policy.py",
+               "a splitting op by name: the compiled graph is cut at it, so inductor never "
+               "traces the IPEX attention / the plugin's fused MoE",
+               "vLLM renames the op (then SPLITTING_OPS must follow)")
+      for op, nargs in (("unified_attention", 4), ("unified_attention_with_output", 7),
+                        ("moe_forward", 3), ("moe_forward_shared", 3))),
+    Coupling("vllm.compilation.fix_functionalization:FixFunctionalizationPass", "attribute",
+             (), "compilation/traceable_ops.py, compilation/policy.py",
+             "it looks up torch.ops._C ops (absent without vllm._C) once an in-place op sits "
+             "in an inductor graph: the plugin's ops are functional and in-place vLLM ops "
+             "are splitting ops",
+             "the pass skips when vllm._C is not loaded (it already skips on is_xpu())"),
+    Coupling("vllm.utils:direct_register_custom_op", "callable",
+             ("op_name", "op_func", "mutates_args", "fake_impl", "target_lib",
+              "dispatch_key", "tags"),
+             "compilation/traceable_ops.py",
+             "registers the plugin's opaque ops (torch.ops.vllm_xpu_plugin.*) as vLLM "
+             "registers its own", "torch.library.custom_op gets as cheap to dispatch"),
+    Coupling("vllm.model_executor.layers.rotary_embedding.base:"
+             "RotaryEmbedding._match_cos_sin_cache_dtype", "callable", ("self", "query"),
+             "compilation/traceable_ops.py",
+             "the rotary kernel table is built before dynamo traces (else rebuilt in the graph "
+             "every step), after the cache dtype change forward_oot makes first",
+             "the rotary op builds its table at load time"),
+    Coupling(f"{_PLATFORM}.opaque_attention_op", "callable", (), "platform.py",
+             "True while a compiled model is built: Attention layers call "
+             "torch.ops.vllm.unified_attention_with_output (the splitting op)",
+             "never (the platform interface)"),
+    Coupling("vllm.compilation.counter:compilation_counter", "attribute", (),
+             "tests/test_compile.py", "num_graphs_seen shows the model really ran compiled",
+             "a public compile-status API"),
 )
 
 
