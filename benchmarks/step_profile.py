@@ -346,7 +346,8 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
         results[f"{variant}/{batch}" if len(variants) > 1 else str(batch)] = r
         ms = 1e3
         rows.append([variant, batch, s["step"] * ms, s["forward"] * ms, s["host_overhead"] * ms,
-                     100 * s["host_overhead"] / s["step"], s["runner_other"] * ms,
+                     100 * s["host_overhead"] / s["step"],
+                     (s["prep"] + s["bookkeep"] + s["runner_other"]) * ms,
                      s["sample"] * ms, s["outside_runner"] * ms, floor * ms, floor_kv * ms,
                      alone * ms, alone_packed * ms, r["step_over_floor"],
                      r["step_over_floor_with_kv"],
