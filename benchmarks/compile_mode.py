@@ -1,18 +1,17 @@
 """Eager vs torch.compile (docs/compile.md): offline throughput and engine start time.
 
-SmolLM2-135M-Instruct bf16, 16 prompts x 128 generated tokens (greedy, ignore_eos), one
-engine per run in its own process, runs interleaved round by round:
+SmolLM2-135M-Instruct bf16, 16 prompts x 128 generated tokens (greedy, ignore_eos):
 
-    eager | compiled (cold: an empty VLLM_CACHE_ROOT) | compiled (vLLM's compile cache warm)
+1. cold: one compiled engine with an empty VLLM_CACHE_ROOT (nothing cached): engine start
+   time and the compile time vLLM logs ("torch.compile takes X s in total");
+2. interleaved: an eager and a compiled engine (vLLM's compile cache as it is) in one
+   process, their generate calls alternating ``--rounds`` times, so both see the same
+   machine load; tok/s per call, start time per engine, greedy outputs compared.
 
 (VLLM_DISABLE_COMPILE_CACHE=1 cannot give the cold case: vLLM 0.11's inductor hook then fails
 with "'NoneType' object is not iterable", see docs/compile.md.)
 
-Each run reports tok/s of the generate call, engine start time (LLM(...) constructor) and the
-compile time vLLM logs ("torch.compile takes X s in total"); greedy outputs of every run are
-compared with the first eager run's.
-
-    OMP_NUM_THREADS=2 python -m benchmarks.compile_mode [--rounds 2] [--json out.json]
+    OMP_NUM_THREADS=2 python -m benchmarks.compile_mode [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ MODES = {
     "compiled-cold": ({"level": 3}, {"VLLM_CACHE_ROOT": ""}),  # a fresh directory per run
     "compiled-cached": ({"level": 3}, {}),
 }
-INTERLEAVED_ROUNDS = 3
+INTERLEAVED_ROUNDS = int(os.environ.get("INTERLEAVED_ROUNDS", "3"))
 _COMPILE_LOG = re.compile(r"torch\.compile takes ([\d.]+) s in total")
 
 
@@ -96,54 +95,59 @@ def _child(mode: str) -> None:
         "tok_per_s": round(tokens / gen_s, 1), "outputs": outputs}), flush=True)
 
 
-def _run(mode: str) -> dict:
+def _run(mode: str, rounds: int) -> tuple[list[dict], list[dict], list[float]]:
+    """(START records, RESULT records, compile times vLLM logged) of one child process."""
     env = dict(os.environ, VLLM_XPU_PLUGIN_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", **MODES[mode][1])
+               HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", INTERLEAVED_ROUNDS=str(rounds),
+               **MODES.get(mode, ({}, {}))[1])
+    env.setdefault("OMP_NUM_THREADS", "2")
     with tempfile.TemporaryDirectory(prefix="compile-mode-cache-") as fresh_cache:
         if env.get("VLLM_CACHE_ROOT") == "":
             env["VLLM_CACHE_ROOT"] = fresh_cache
-        return _run_child(mode, env)
-
-
-def _run_child(mode: str, env: dict) -> dict:
-    env.setdefault("OMP_NUM_THREADS", "2")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_mode", "--child", mode],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    logged = _COMPILE_LOG.findall(proc.stdout + proc.stderr)
-    result["vllm_compile_s"] = float(logged[-1]) if logged else None
-    return result
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.compile_mode", "--child", mode], cwd=REPO,
+            env=env, capture_output=True, text=True, timeout=3600)
+    records = {tag: [json.loads(ln[len(tag) + 1:]) for ln in proc.stdout.splitlines()
+                     if ln.startswith(tag + " ")] for tag in ("START", "RESULT")}
+    if proc.returncode or not records["RESULT"]:
+        raise RuntimeError(f"{mode} run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    logged = [float(x) for x in _COMPILE_LOG.findall(proc.stdout + proc.stderr)]
+    return records["START"], records["RESULT"], logged
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved generate rounds")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--skip-cold", action="store_true", help="only the interleaved A/B")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
-    results, reference = [], None
-    for round_ in range(1, args.rounds + 1):
-        for mode in args.modes.split(","):
-            r = _run(mode)
-            r["round"] = round_
-            reference = reference or (r["outputs"] if mode == "eager" else None)
-            r["outputs_equal_eager"] = None if reference is None else r["outputs"] == reference
-            outputs = r.pop("outputs")
-            r["same_tokens_as_eager"] = (None if reference is None else
-                                         sum(a == b for o, p in zip(outputs, reference, strict=True)
-                                             for a, b in zip(o, p, strict=False)))
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    load = os.getloadavg()
-    summary = {"omp_num_threads": os.environ.get("OMP_NUM_THREADS", "2"),
-               "loadavg_after": [round(x, 2) for x in load], "runs": results}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    # 1. Cold compile: a fresh vLLM cache directory, one compiled engine.
+    cold = [None]
+    if not args.skip_cold:
+        _, cold, cold_logged = _run("compiled-cold", 1)
+        cold[0].pop("outputs")
+        cold[0]["vllm_compile_s"] = cold_logged[-1] if cold_logged else None
+        print(json.dumps(cold[0]), flush=True)
+    # 2. Eager and compiled engines (vLLM's default compile cache, warm after the first run
+    #    on this machine) in one process, generate calls interleaved.
+    starts, runs, logged = _run("interleaved", args.rounds)
+    reference = runs[0]["outputs"]
+    for r in runs:
+        outputs = r.pop("outputs")
+        r["outputs_equal_first_eager"] = outputs == reference
+        print(json.dumps(r), flush=True)
+    summary = {
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "2"),
+        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cold_compiled_engine": cold[0], "interleaved_engine_starts": starts,
+        "interleaved_vllm_compile_s": logged, "interleaved_runs": runs,
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "interleaved_runs"}))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return 0

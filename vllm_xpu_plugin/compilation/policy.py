@@ -59,6 +59,13 @@ CPU_INDUCTOR_OPTIONS = {
     "size_asserts": False,
     "nan_asserts": False,
     "epilogue_fusion": True,
+    # Inductor's C++ kernels on one thread. With the token count dynamic, inductor cannot
+    # tell a decode-sized loop from a prefill-sized one and opens an OpenMP parallel region
+    # in every fused kernel; eager mode keeps such small work serial (ATen's grain size,
+    # kernels/cpu_threads.py), because a region whose other thread is descheduled stalls
+    # on a shared machine. Measured without this (benchmarks/compile_mode.py, load 9-11):
+    # compiled 13.5-54.5 tok/s vs eager 20.3-87.2 in 3 of 4 interleaved rounds.
+    "cpp.threads": 1,
 }
 
 
