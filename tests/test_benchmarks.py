@@ -450,3 +450,24 @@ def test_timed_scheduler_hands_its_times_to_the_step_record():
     assert t._SCHEDULER_HANDOFF["record"] is record  # update_from_output completes it
     runner.execute_model(Out())  # no schedule() in between: nothing stale is reused
     assert "schedule" not in runner.step_records[-1]
+
+
+def test_missing_peer_is_said_not_hidden(tmp_path, capsys):
+    import argparse
+
+    from benchmarks import peer_setup
+
+    ap = argparse.ArgumentParser()
+    peer_setup.add_peer_args(ap)
+    args = ap.parse_args(["--peer-venv", str(tmp_path / "none"),
+                          "--peer-script", str(tmp_path / "no_script.sh")])
+    assert peer_setup.ensure_peer(args) is None
+    assert "peer: NOT RUN" in capsys.readouterr().out
+    assert peer_setup.ensure_peer(ap.parse_args(["--no-peer"])) is None
+    assert "--no-peer" in capsys.readouterr().out
+    # A venv with its python and vllm is used as it is (no build).
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    for exe in ("python", "vllm"):
+        (tmp_path / "venv" / "bin" / exe).write_text("")
+    args = ap.parse_args(["--peer-venv", str(tmp_path / "venv"), "--peer-script", "/nonexistent"])
+    assert peer_setup.ensure_peer(args) == tmp_path / "venv"
