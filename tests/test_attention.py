@@ -429,6 +429,40 @@ def test_decode_only_batch_on_each_decode_kernel(decode_kernel_calls, kernel, bl
 
 
 @pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_query_kernel_with_shared_prefix_blocks_and_a_wide_block_table(dtype):
+    """Prefix caching gives unrelated requests the same first blocks; IPEX's CPU kernel
+    reads that as beam search (>= 4 rows: its VNNI kernel, which failed "Sliding window
+    unsupported" in the engine). Six decodes sharing their first two blocks, a block
+    table far wider than any sequence (as the runner's is), vs the varlen kernel on the
+    same cache (itself checked against the torch reference above)."""
+    from vllm_xpu_plugin.kernels import attention as attention_kernels
+
+    gen = torch.Generator().manual_seed(21)
+    bs, hq, hkv, hd, seqs = 16, 8, 2, 64, 6
+    seq_lens = torch.tensor([40, 33, 70, 36, 90, 47], dtype=torch.int32)
+    num_blocks = 64
+    shape = device.kv_cache_shape(num_blocks, bs, hkv, hd)[1:]
+    key_cache = torch.randn(*shape, generator=gen).to(dtype)
+    value_cache = torch.randn(*shape, generator=gen).to(dtype)
+    block_table = torch.randint(0, num_blocks, (seqs, 32), generator=gen, dtype=torch.int32)
+    block_table[:, :2] = block_table[0, :2]  # the shared prompt prefix
+    query = torch.randn(seqs, hq, hd, generator=gen).to(dtype)
+    scale = hd ** -0.5
+    expected, got = torch.empty_like(query), torch.empty_like(query)
+    cu_q = torch.arange(seqs + 1, dtype=torch.int32)
+    cu_kv = torch.zeros(seqs + 1, dtype=torch.int32)
+    cu_kv[1:] = seq_lens.cumsum(0)
+    attention_kernels.paged_attention_varlen(
+        expected, query, key_cache, value_cache, cu_q, cu_kv, 1, int(seq_lens.max()), scale,
+        block_table)
+    attention_kernels.paged_attention_single_query(
+        got, query, key_cache, value_cache, attention_kernels.head_mapping(hq, hkv), scale,
+        block_table, seq_lens, bs, int(seq_lens.max()))
+    assert_close(got, expected, dtype)
+
+
+@pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
 @pytest.mark.parametrize("features", [dict(sliding_window=24), dict(logits_soft_cap=5.0)])
 def test_decode_with_window_or_soft_cap_stays_on_the_varlen_kernel(decode_kernel_calls,
                                                                    features):

@@ -40,6 +40,8 @@ CASES = {
                   ["head size 258 is not supported", "cannot be served"]),
     "quantization": (["--device", "cpu", "--quantization", "fp8"], {}, "tiny",
                      ["--quantization fp8 is not supported", "ipex_gptq"]),
+    "cpu-gemm-setting": (["--device", "cpu"], {"VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS": "lots"},
+                         "tiny", ["VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS='lots'", "'auto'"]),
     "a770-bf16": (["--device", "cpu", "--dtype", "bfloat16"],
                   {"VLLM_XPU_PLUGIN_TEST_DEVICE_NAME": A770_NAME}, "tiny",
                   ["A770", "pass --dtype float16"]),
@@ -112,6 +114,20 @@ def test_misconfiguration_exits_with_one_clear_line(startup_runs, case):
 
 
 # ------------------------------------------------------------------ the checks themselves
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS", "-3", "must be 'auto' or a number of rows"),
+    ("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "fast", "'auto', 'varlen' or 'single_query'"),
+    ("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "lots", "is not a number of GiB"),
+])
+def test_bad_plugin_settings_are_a_startup_problem(monkeypatch, name, value, expected):
+    from vllm_xpu_plugin import envs
+
+    assert envs.settings_problem() is None
+    monkeypatch.setenv(name, value)
+    problem = envs.settings_problem()
+    assert problem is not None and expected in problem and "\n" not in problem
 
 
 def test_version_pairs():

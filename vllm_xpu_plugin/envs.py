@@ -6,7 +6,7 @@ __all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: 
            "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode",  # noqa: F822 (module __getattr__)
            "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",  # noqa: F822
            "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION",  # noqa: F822
-           "set_defaults"]
+           "set_defaults", "settings_problem"]
 
 
 def _device() -> str:
@@ -79,6 +79,22 @@ def __getattr__(name: str):
         # changes nothing but the reported name; never set it in production.
         return os.environ.get("VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "").strip()
     raise AttributeError(name)
+
+
+# The settings whose values are checked when the plugin starts (settings_problem).
+_VALIDATED = ("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",
+              "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION")
+
+
+def settings_problem():
+    """One line naming the first plugin environment variable with a bad value, or None
+    (checked at startup so a typo fails there, not in an engine process)."""
+    for name in _VALIDATED:
+        try:
+            __getattr__(name)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def cpu_mode() -> bool:

@@ -63,7 +63,7 @@ def startup_problem() -> Optional[str]:
                 "or leave it unset to use an Intel GPU")
     if mode != "cpu" and not device.xpu_usable():
         return _no_xpu_message().replace("--device xpu: ", "")
-    return startup_checks.ipex_torch_version_problem()
+    return envs.settings_problem() or startup_checks.ipex_torch_version_problem()
 
 
 class _DeviceAction(argparse.Action):

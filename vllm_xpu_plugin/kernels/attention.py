@@ -130,6 +130,7 @@ def paged_attention_varlen(
 # VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION fixes it.
 
 DECODE_KERNELS = ("varlen", "single_query")
+_SINGLE_QUERY_KERNEL_ENV = "PAGED_ATTENTION_SINGLE_QUERY_KERNEL"  # read by IPEX's C++
 _DECODE_TUNE_SEQS, _DECODE_TUNE_CONTEXT, _DECODE_TUNE_REPEATS = 16, 512, 3
 _decode_kernel_by_config: dict[tuple, str] = {}
 
@@ -149,6 +150,13 @@ def paged_attention_single_query(
     """CPU mode: attention of one query per sequence (row i of query/out is sequence i's
     newest token) over its ``seq_lens[i]`` cached tokens. head_mapping[h] is query head
     h's KV head (int32). Full attention only: no window, no soft cap, no fp8 cache."""
+    # IPEX 2.8's CPU kernel guesses a beam size from how many leading rows share their
+    # first block (PagedAttentionKrnl.cpp deduce_beam_size) -- with prefix caching, that is
+    # unrelated requests sharing a prompt prefix -- and from 4 up switches to its "VNNI"
+    # kernel, which then always fails (TORCH_CHECK(window_size > 0, "Sliding window
+    # unsupported") for window -1; measured in the engine). The kernel reads this variable
+    # on every call: 1 pins its flash-decoding kernel, which has no beam assumption.
+    envs.set_defaults({_SINGLE_QUERY_KERNEL_ENV: "1"})
     device.ipex_ops().single_query_cached_kv_attention(
         out, query, key_cache, value_cache, head_mapping, scale, block_table, seq_lens,
         block_size, max_seq_len, None, -1, 1.0, 1.0, -1.0)

@@ -8,6 +8,8 @@ equivalents and restores ``torch.cuda`` afterwards: no global patch survives.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import UnquantizedLinearMethod
@@ -18,7 +20,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_xpu_plugin import device, structured_output
+from vllm_xpu_plugin import device, envs, structured_output
 from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
@@ -145,6 +147,7 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
     GEMM (CPU mode). Decode-step GEMMs of SmolLM2-135M bf16 at 16 sequences: 2.7x faster
     (benchmarks/, measured A/B). Costs one extra copy of those weights in host memory."""
     packed = 0
+    start = time.perf_counter()
     for module in model.modules():
         method = getattr(module, "quant_method", None)
         weight = getattr(module, "weight", None)
@@ -157,10 +160,17 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
         blocked = gemm.cpu_pack_linear_weight(weight)
         if blocked is None:
             continue
+        # Up to how many rows this shape runs on the blocked weight: measured once per
+        # shape on this machine (kernels/gemm.py), or VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS.
+        gemm.choose_max_rows(weight, blocked)
         if type(method) is UnquantizedLinearMethod:
             module.quant_method = _PackedLinearMethod(blocked)
         else:
             module.quant_method = _PackedLMHeadMethod(blocked)
         packed += 1
-    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM for <= %d tokens",
-                packed, gemm.CPU_PACKED_GEMM_MAX_ROWS)
+    chosen = gemm.chosen_max_rows()
+    how = ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS" if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is not None
+           else "measured on this machine")
+    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM up to a row count per "
+                "shape (%s, %.2f s): %s", packed, how, time.perf_counter() - start,
+                ", ".join(f"{o}x{i} <= {rows}" for (o, i, _), rows in sorted(chosen.items())))
