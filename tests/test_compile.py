@@ -1,8 +1,9 @@
 """torch.compile mode (docs/compile.md, vllm_xpu_plugin/compilation/).
 
 - Which compilation each config gets (EngineArgs -> VllmConfig, through the platform hook):
-  compiled by default and with -O3, eager with -O0 / --enforce-eager, eager with one log line
-  for the configs compile mode does not cover.
+  eager by default (level 3 = nothing asked, for vLLM), compiled with VLLM_XPU_PLUGIN_COMPILE=1
+  or -O1/-O2, eager with -O0 / --enforce-eager / VLLM_XPU_PLUGIN_COMPILE=0, eager with one log
+  line for the configs compile mode does not cover.
 - Tiny random Llama and Qwen2 in float32, compiled: greedy tokens and top-5 logprobs equal to
   an eager engine's and to HF transformers', over a batch that mixes chunked prefills with
   decodes (max_num_batched_tokens below the longest prompt).
@@ -48,9 +49,9 @@ class _Lines(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def _compile_allowed(monkeypatch):
-    # A suite-wide VLLM_XPU_PLUGIN_COMPILE=0 (eager everywhere else) must not reach these.
-    monkeypatch.delenv("VLLM_XPU_PLUGIN_COMPILE", raising=False)
+def _compile_switch_on(monkeypatch):
+    # VLLM_XPU_PLUGIN_COMPILE=1: level 3 compiles (the tests that need it unset or "0" set it).
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_COMPILE", "1")
 
 
 @pytest.fixture
@@ -67,17 +68,34 @@ def policy_lines():
 # ---------------------------------------------------------------------- policy
 
 
-def test_default_and_O3_compile_piecewise_split_at_attention(tiny_llama_dir):
+@pytest.mark.parametrize("kwargs", [{"compilation_config": {"level": 3}},
+                                    {"compilation_config": {"level": 2}}])
+def test_compile_switch_gives_piecewise_split_at_attention_and_moe(tiny_llama_dir, kwargs):
     from vllm.config import CompilationLevel
 
-    for kwargs in ({}, {"compilation_config": {"level": 3}}):
+    cfg = _engine_config(tiny_llama_dir, **kwargs)
+    cc = cfg.compilation_config
+    assert cc.level == CompilationLevel.PIECEWISE, kwargs
+    assert cc.backend == "inductor" and cc.use_inductor
+    assert {"vllm.unified_attention_with_output", "vllm.moe_forward"} <= set(cc.splitting_ops)
+    assert cc.custom_ops[0] == "all"  # the IPEX ops stay on
+    assert cc.inductor_compile_config["cpp.threads"] == 1
+    assert cfg.model_config.enforce_eager is False
+
+
+def test_default_is_eager_with_one_line(tiny_llama_dir, monkeypatch, policy_lines):
+    from vllm.config import CompilationLevel
+
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_COMPILE")
+    for kwargs in ({}, {"compilation_config": {"level": 3}}):  # the same config for vLLM
         cfg = _engine_config(tiny_llama_dir, **kwargs)
-        cc = cfg.compilation_config
-        assert cc.level == CompilationLevel.PIECEWISE, kwargs
-        assert cc.backend == "inductor" and cc.use_inductor
-        assert "vllm.unified_attention_with_output" in cc.splitting_ops
-        assert cc.custom_ops[0] == "all"  # the IPEX ops stay on
-        assert cfg.model_config.enforce_eager is False
+        assert cfg.compilation_config.level == CompilationLevel.NO_COMPILATION
+        assert cfg.model_config.enforce_eager is True
+    lines = [ln for ln in policy_lines if "off by default" in ln]
+    assert len(lines) == 2 and "VLLM_XPU_PLUGIN_COMPILE=1" in lines[0], policy_lines
+    # Level 2 is never vLLM's own proposal: it compiles without the switch.
+    cfg = _engine_config(tiny_llama_dir, compilation_config={"level": 2})
+    assert cfg.compilation_config.level == CompilationLevel.PIECEWISE
 
 
 @pytest.mark.parametrize("kwargs", [{"compilation_config": {"level": 0}},

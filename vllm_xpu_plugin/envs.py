@@ -69,9 +69,11 @@ def __getattr__(name: str):
     if name == "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION":
         return _cpu_decode_attention()
     if name == "VLLM_XPU_PLUGIN_COMPILE":
-        # "auto" (unset): torch.compile as vLLM's -O / --compilation-config / --enforce-eager
-        # say (compilation/policy.py); "0": always eager, whatever they say (test suites).
+        # torch.compile (compilation/policy.py): "1" compiles unless -O0 / --enforce-eager;
+        # "0" never compiles; unset: the plugin's measured default (docs/compile.md).
         raw = os.environ.get("VLLM_XPU_PLUGIN_COMPILE", "").strip().lower()
+        if raw in ("", "auto"):
+            return None
         return raw not in ("0", "off", "false", "no")
     if name == "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME":
         # TEST-ONLY: the device name the platform reports (e.g. "Intel(R) Arc(TM) A770

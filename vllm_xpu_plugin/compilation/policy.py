@@ -32,15 +32,16 @@ if TYPE_CHECKING:
 
 logger = init_logger(__name__)
 
-# What the plugin runs when the user asks for nothing (no -O, no --compilation-config, no
-# --enforce-eager; vLLM then proposes PIECEWISE): compiled. Measured (benchmarks/
-# compile_mode.py, SmolLM2-135M bf16, 16 prompts x 128 tokens, OMP_NUM_THREADS=2, AMD EPYC
-# 2 vCPU, both engines in one process, generate calls interleaved, load average 8-13 from
-# other jobs): compiled 269 tok/s vs eager 131 tok/s in the least-disturbed rounds (2.0x),
-# same 2048 greedy tokens; engine start +8 s with vLLM's compile cache warm, +65 s cold
-# (torch.compile 64.8 s). docs/compile.md has the table. VLLM_XPU_PLUGIN_COMPILE=0 turns
-# compilation off whatever the flags say (test suites, quick starts).
-COMPILE_BY_DEFAULT = True
+# What the plugin runs for vLLM's level 3 (PIECEWISE) unless VLLM_XPU_PLUGIN_COMPILE=1: vLLM
+# 0.11 hands the platform level 3 both when the user asks for nothing and for -O3, so the
+# two cannot be told apart here. Eager, by measurement (benchmarks/compile_mode.py,
+# SmolLM2-135M bf16, 16 prompts x 128 tokens, OMP_NUM_THREADS=2, AMD EPYC 2 vCPU, eager and
+# compiled engines in one process, generate calls interleaved; docs/compile.md "Default"):
+# on the quietest rounds compiled 220-259 tok/s vs eager 244 (no clear gain: the heavy ops
+# are opaque IPEX kernels either way); under neighbour load (load average 4-11) compiled
+# lost 6 of 10 interleaved rounds (down to 0.4x); and compiling costs start time (+8 s with
+# vLLM's compile cache warm, +50-100 s cold).
+COMPILE_BY_DEFAULT = False
 
 # Ops the compiled graph is split at (run eagerly between compiled pieces): the attention
 # ops, and FusedMoE's ops, which write their input in place: inside an inductor graph such
@@ -146,13 +147,18 @@ def _compile_requested(vllm_config: VllmConfig) -> bool:
     model_config = vllm_config.model_config
     if model_config is not None and model_config.enforce_eager:
         return False
-    if not envs.VLLM_XPU_PLUGIN_COMPILE:
+    switch = envs.VLLM_XPU_PLUGIN_COMPILE
+    if switch is False:
         return False
     level = vllm_config.compilation_config.level
     if level is None or level == CompilationLevel.NO_COMPILATION:
         return False
+    if switch or level != CompilationLevel.PIECEWISE or COMPILE_BY_DEFAULT:
+        return True
     # vLLM turns "nothing asked" into PIECEWISE before the platform sees the config.
-    return COMPILE_BY_DEFAULT or level != CompilationLevel.PIECEWISE
+    logger.info("torch.compile is off by default on vllm-xpu-plugin (measured no faster "
+                "here, docs/compile.md); VLLM_XPU_PLUGIN_COMPILE=1 turns it on.")
+    return False
 
 
 def _set_eager(vllm_config: VllmConfig) -> None:
