@@ -311,6 +311,14 @@ CATALOGUE: tuple[Coupling, ...] = (
              "quantization/int4_linear.py", "drops the checkpoint's packed int4 tensors once "
              "the int4 kernel holds its own copy",
              "vLLM's weight loader hands the kernel the tensors directly"),
+    Coupling("torch._inductor.config:cpp.threads", "attribute", (), "compilation/policy.py",
+             "compiled mode keeps inductor's C++ kernels on one thread (decode-sized loops "
+             "opened a parallel region each and stalled on a shared machine)",
+             "inductor sizing its C++ loops' threads from the trip count"),
+    Coupling("torch._inductor.config:compile_threads", "attribute", (), "compilation/policy.py",
+             "TORCHINDUCTOR_COMPILE_THREADS=1, as vLLM's CPU platform sets it (async "
+             "compile workers fail in daemonic engine processes)",
+             "vLLM's engine processes allowing compile worker pools"),
     # ------------------------------------------------------------------ torch (private ATen)
     *(Coupling(f"torch.ops.aten.{op}", "op", (nargs,), "kernels/int4_gemm.py",
                "CPU mode's int4 GEMM: one bf16/fp16 scale + zero per group (resident at "
