@@ -182,7 +182,8 @@ def test_kernels_quick(tmp_path):
 def test_step_profile_quick(tiny_llama_dir, tmp_path):
     out = tmp_path / "step.json"
     _run([sys.executable, "-m", "benchmarks.step_profile", "--quick", "--model",
-          str(tiny_llama_dir), "--dtype", "float32", "--batches", "1", "4", "--json", str(out)],
+          str(tiny_llama_dir), "--dtype", "float32", "--batches", "1", "4", "--no-peer",
+          "--json", str(out)],
          timeout=900)
     data = json.loads(out.read_text())
     for batch in ("1", "4"):
@@ -200,18 +201,20 @@ def test_step_profile_quick(tiny_llama_dir, tmp_path):
 
 @pytest.mark.slow
 def test_serving_quick(tiny_llama_dir, tmp_path):
+    # Offline + served with the plugin and HF only (no peer in tests).
     _run([sys.executable, "-m", "benchmarks.serving", "--model", str(tiny_llama_dir),
-          "--dtype", "float32", "--concurrency", "1", "2", "--input-len", "16",
-          "--output-len", "8", "--hf-batch-sizes", "1", "--out-dir", str(tmp_path),
-          "--tag", "smoke"], timeout=1500)
+          "--dtype", "float32", "--no-peer", "--rounds", "1", "--offline-prompts", "2",
+          "--offline-input-len", "8", "--offline-output-len", "8", "--hf-batch-sizes", "1", "2",
+          "--concurrency", "2", "--num-prompts", "2", "--input-len", "16", "--output-len", "8",
+          "--out-dir", str(tmp_path), "--tag", "smoke"], timeout=1500)
     data = json.loads((tmp_path / "smoke.json").read_text())
-    assert [r["concurrency"] for r in data["rows"]] == [1, 2]
-    for row in data["rows"]:
-        for side in ("plugin", "hf"):
-            assert row[side]["output_throughput"] > 0
-        # HF produced exactly the requested tokens (min_new_tokens = max_new_tokens).
-        assert row["hf"]["output_tokens"] == row["num_prompts"] * 8
-    assert set(data["hf_sweep"]) == {"1", "2"}
+    assert list(data["offline"]["rates"]) == ["plugin"]
+    assert data["offline"]["rates"]["plugin"][0] > 0
+    assert set(data["offline"]["hf_sweep"]) == {"1", "2"}
+    runs = data["served"]["served"]["2"]["plugin"]
+    assert len(runs) == 1 and runs[0]["output_throughput"] > 0
+    # HF produced exactly the requested tokens (min_new_tokens = max_new_tokens).
+    assert data["served"]["hf"]["2"]["output_tokens"] == 2 * 8
 
 
 # ------------------------------------------------------------------ the vLLM CPU peer
