@@ -196,7 +196,10 @@ def test_step_profile_quick(tiny_llama_dir, tmp_path):
     profile = data["op_profile"]
     assert profile["batch"] == 4 and profile["steps"] == 8
     names = {op["name"] for op in profile["ops"]}
-    assert "torch_ipex::flash_attn_varlen_func" in names, sorted(names)[:40]
+    # The plugin's IPEX attention kernel (decode: IPEX's single-query kernel since 78db6a1).
+    ipex_attention = [n for n in names if n.startswith(("torch_ipex::", "ipex::"))
+                      and ("attn" in n or "attention" in n)]
+    assert ipex_attention, sorted(names)
 
 
 @pytest.mark.slow
