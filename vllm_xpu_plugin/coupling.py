@@ -319,6 +319,31 @@ CATALOGUE: tuple[Coupling, ...] = (
              "TORCHINDUCTOR_COMPILE_THREADS=1, as vLLM's CPU platform sets it (async "
              "compile workers fail in daemonic engine processes)",
              "vLLM's engine processes allowing compile worker pools"),
+    # ------------------------------------------------------------------ benchmarks only
+    *(Coupling(f"{_RUNNER}.{name}", "callable", params, "benchmarks/peer_step_timing.py",
+               "times input preparation, sampling and bookkeeping per decode step the same "
+               "way in the plugin's and vLLM CPU's runner (overridden, calling super)",
+               "a per-phase step-timing hook in vLLM")
+      for name, params in (
+          ("_update_states", ("self", "scheduler_output")),
+          ("_prepare_inputs", ("self", "scheduler_output")),
+          ("_preprocess", ("self", "scheduler_output", "intermediate_tensors",
+                           "ubatch_slices", "num_tokens_after_padding")),
+          ("_bookkeeping_sync", ("self", "scheduler_output", "sampler_output", "logits",
+                                 "hidden_states", "num_scheduled_tokens")),
+      )),
+    *(Coupling(f"vllm.v1.core.sched.scheduler:Scheduler.{name}", "callable", params,
+               "benchmarks/peer_step_timing.py",
+               "a scheduler_cls subclass times schedule / update_from_output (uni executor: "
+               "schedule, execute and update run in one process)",
+               "vLLM per-step timing stats")
+      for name, params in (("schedule", ("self",)),
+                           ("update_from_output",
+                            ("self", "scheduler_output", "model_runner_output")))),
+    Coupling("vllm.v1.worker.cpu_worker:CPUWorker.init_device", "attribute", (),
+             "benchmarks/peer_timed_worker.py",
+             "the peer's runner class is swapped for a timed subclass after init_device "
+             "builds it", "a runner-class hook on vLLM's CPU worker"),
     # ------------------------------------------------------------------ torch (private ATen)
     *(Coupling(f"torch.ops.aten.{op}", "op", (nargs,), "kernels/int4_gemm.py",
                "CPU mode's int4 GEMM: one bf16/fp16 scale + zero per group (resident at "
