@@ -208,6 +208,11 @@ def kv_cache_shape(
     return (2, num_blocks, block_size, num_kv_heads, head_size)
 
 
+def kv_cache_block_size(cache: torch.Tensor) -> int:
+    """Tokens per block of one layer's key (or value) cache in this device's layout."""
+    return cache.shape[-2 if kv_cache_layout() == "HND" else -3]
+
+
 # --------------------------------------------------------------------------- KV-cache dtype
 # --kv-cache-dtype: vLLM allocates an fp8 cache as uint8; the IPEX kernels read the cache's
 # torch dtype (CPU: measured, a uint8 cache fails "expected scalar type Float"; XPU 2.8.10:

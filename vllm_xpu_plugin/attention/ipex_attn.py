@@ -230,6 +230,7 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
                 num_kv_heads))
         self._head_mapping = (attention_kernels.head_mapping(num_heads, num_kv_heads)
                               if self._single_query_possible else None)
+        self._decode_kernel: Optional[str] = None  # decided at the first decode-only batch
 
     def forward(
         self,
@@ -283,8 +284,7 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
             attention_kernels.paged_attention_single_query(
                 output_rows, query, key_cache, value_cache, self._head_mapping, self.scale,
                 attn_metadata.block_table, attn_metadata.seq_lens,
-                key_cache.shape[-2 if device.kv_cache_layout() == "HND" else -3],
-                attn_metadata.max_seq_len)
+                device.kv_cache_block_size(key_cache), attn_metadata.max_seq_len)
             return output
         attention_kernels.paged_attention_varlen(
             output_rows,
@@ -304,12 +304,14 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         return output
 
     def _decode_on_single_query(self, query: torch.Tensor, key_cache: torch.Tensor) -> bool:
-        if not self._single_query_possible:
-            return False
-        block_size = key_cache.shape[-2 if device.kv_cache_layout() == "HND" else -3]
-        return attention_kernels.decode_kernel(
-            self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
-            block_size) == "single_query"
+        # Decided once per layer (the setting or the per-machine measurement does not change
+        # while the engine runs), not re-read on every layer of every decode step.
+        if self._decode_kernel is None:
+            self._decode_kernel = "varlen" if not self._single_query_possible else (
+                attention_kernels.decode_kernel(
+                    self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
+                    device.kv_cache_block_size(key_cache)))
+        return self._decode_kernel == "single_query"
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (key_cache, value_cache) of this layer's cache, split once instead of per step.
