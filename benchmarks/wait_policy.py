@@ -30,6 +30,8 @@ from benchmarks._common import ensure_repo_on_path, machine_info, resolve_model
 CANDIDATES: dict[str, dict[str, str]] = {
     "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "libgomp default": {"OMP_WAIT_POLICY": ""},
+    "GOMP_SPINCOUNT=100": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100"},
+    "GOMP_SPINCOUNT=300": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "300"},
     "GOMP_SPINCOUNT=1000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "1000"},
     "GOMP_SPINCOUNT=3000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "3000"},
     "GOMP_SPINCOUNT=10000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"},

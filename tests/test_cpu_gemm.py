@@ -53,6 +53,50 @@ def test_prepacked_linear_matches_reference(dtype, shape, switch_at):
     assert torch.equal(weight, plain_before)  # packing copies; the plain weight is kept
 
 
+@pytest.mark.parametrize("setting,shape,block", [
+    ("auto", (1536, 576), 64), ("auto", (96, 64), 32), ("auto", (48, 64), 16),
+    ("16", (1536, 576), 16), ("32", (1536, 576), 32), ("64", (96, 64), 16),
+])
+def test_every_output_block_width_matches_reference(monkeypatch, switch_at, setting, shape,
+                                                    block):
+    """The widest block that divides the output channels (or the one set), at decode and
+    prefill row counts, with and without bias, against float64."""
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", setting)
+    gen = torch.Generator().manual_seed(2)
+    out_features, in_features = shape
+    weight = (torch.randn(out_features, in_features, generator=gen) * 0.05).bfloat16()
+    bias = torch.randn(out_features, generator=gen).bfloat16()
+    packed = gemm.cpu_pack_linear_weight(weight)
+    assert packed.shape[0] * packed.shape[3] == out_features and packed.shape[3] == block
+    switch_at(2048)
+    for rows in (1, 16, 17, 300):
+        x = torch.randn(rows, in_features, generator=gen).bfloat16()
+        for b in (None, bias):
+            ref = torch.nn.functional.linear(
+                x.double(), weight.double(), None if b is None else b.double())
+            got = gemm.cpu_linear(x, weight, b, packed)
+            err = (got.double() - ref).abs().max() / ref.abs().max()
+            assert err <= TOLERANCE[torch.bfloat16], (rows, b is not None, float(err))
+
+
+def test_switch_point_measurement_slices_wide_blocks(monkeypatch):
+    """The load-time measurement slices the blocked weight by whole blocks of any width."""
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS", raising=False)
+    weight = (torch.randn(1088, 64) * 0.05).bfloat16()  # 1088 = 17 x 64: slice of 1024
+    packed = gemm.cpu_pack_linear_weight(weight)
+    assert packed.shape[3] == 64
+    rows, timings = gemm.measure_max_rows(weight, packed)
+    assert rows in (gemm.ALWAYS_PACKED_ROWS, *gemm.TUNED_ROWS) and timings
+
+
+def test_bad_block_setting_is_one_clear_line(monkeypatch):
+    from vllm_xpu_plugin import envs
+
+    monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", "48")
+    with pytest.raises(ValueError, match="VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK='48' must be"):
+        _ = envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK
+
+
 def test_shapes_tpp_cannot_take_are_left_to_torch():
     assert gemm.cpu_pack_linear_weight(torch.randn(100, 64)) is None  # out % 16
     assert gemm.cpu_pack_linear_weight(torch.randn(64, 100)) is None  # in % 64

@@ -290,9 +290,16 @@ CATALOGUE: tuple[Coupling, ...] = (
              "_op_context (get_weight/get_scales/get_zero_points) for the memory benchmark",
              "IPEX reports its WOQ memory publicly, or the plugin drops the fallback"),
     Coupling("intel_extension_for_pytorch.nn.utils._weight_prepack:"
-             "Apply_TPPLinear_weight_prepack", "callable", ("m", "dtype", "device"),
-             "kernels/gemm.py", "IPEX's own weight blocking for its TPP GEMM (CPU mode)",
-             "IPEX exposes a public prepack API, or CPU mode drops prepacked GEMMs"),
+             "TPPLinear_weight_prepack", "callable", ("m", "bk", "bc", "layer_dtype"),
+             "kernels/gemm.py", "IPEX's own weight blocking for its TPP GEMM (CPU mode), "
+             "called with the plugin's output-block width (64/32/16, measured) where IPEX's "
+             "Apply_TPPLinear_weight_prepack would always take 16",
+             "IPEX exposes a public prepack API with a block size, or CPU mode drops "
+             "prepacked GEMMs"),
+    Coupling("intel_extension_for_pytorch.nn.utils._weight_prepack:block", "callable",
+             ("model",), "kernels/gemm.py",
+             "lays the weight out in the blocking TPPLinear_weight_prepack configured",
+             "as TPPLinear_weight_prepack"),
     *(Coupling(f"torch.ops.torch_ipex.{op}", "op", (nargs,), where,
                "the kernel IPEX's Python wrapper dispatches to, called directly (skips its "
                "per-call Python dispatch: measured in docs/performance.md)",

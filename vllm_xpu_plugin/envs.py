@@ -6,6 +6,7 @@ __all__ = ["VLLM_XPU_PLUGIN_DEVICE", "VLLM_XPU_PLUGIN_CPU_KVCACHE_GB",  # noqa: 
            "VLLM_XPU_PLUGIN_TEST_DEVICE_NAME", "cpu_mode",  # noqa: F822 (module __getattr__)
            "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",  # noqa: F822
            "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION",  # noqa: F822
+           "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK",  # noqa: F822
            "set_defaults", "settings_problem"]
 
 
@@ -47,6 +48,18 @@ def _cpu_gemm_max_rows():
     return value
 
 
+def _cpu_gemm_block():
+    # CPU mode: output channels per block of the prepacked GEMM weights. Unset or "auto":
+    # the widest of 64 / 32 / 16 that divides a layer's output channels (kernels/gemm.py);
+    # 16, 32 or 64 fixes it (a layer it does not divide gets 16).
+    raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw not in ("16", "32", "64"):
+        raise ValueError(f"VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK={raw!r} must be 'auto', 16, 32 or 64")
+    return int(raw)
+
+
 def _cpu_decode_attention():
     # CPU mode: the paged-attention kernel of decode-only batches. Unset or "auto": the one
     # measured faster on this machine (kernels/attention.py); "varlen" or "single_query".
@@ -68,6 +81,8 @@ def __getattr__(name: str):
         return _cpu_gemm_max_rows()
     if name == "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION":
         return _cpu_decode_attention()
+    if name == "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK":
+        return _cpu_gemm_block()
     if name == "VLLM_XPU_PLUGIN_COMPILE":
         # torch.compile (compilation/policy.py): "1" compiles unless -O0 / --enforce-eager;
         # "0" never compiles; unset: the plugin's measured default (docs/compile.md).
@@ -85,7 +100,7 @@ def __getattr__(name: str):
 
 # The settings whose values are checked when the plugin starts (settings_problem).
 _VALIDATED = ("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS",
-              "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION")
+              "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK")
 
 
 def settings_problem():

@@ -36,24 +36,51 @@ _TUNE_CALL_BUDGET_S = 0.05  # stop climbing when one call takes longer than this
 _max_rows_by_shape: dict[tuple[int, int, torch.dtype], int] = {}
 
 
-def cpu_pack_linear_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """``weight`` [out, in] blocked for IPEX's TPP GEMM (a new tensor; ``weight`` is left as
-    it is), or None when TPP does not take it (dtype not bf16/fp32, out % 16, in % 64)."""
+# Output channels per block of the prepacked weight. IPEX blocks by 16 (its
+# Apply_TPPLinear_weight_prepack); wider blocks give each GEMM call a longer contiguous
+# stretch of weight to stream from memory. Measured (AMD EPYC, AVX512-BF16, no AMX, 2
+# threads, PASSIVE, 2026-12-02, load ~1): SmolLM2-135M's 121 GEMMs in a row (269 MB, so
+# from DRAM, not cache) at 16 rows 26.2-27.7 ms with 16-wide blocks vs 18.9-24.8 with
+# 64-wide (1.1-1.4x; 32-wide in between); at 1 and 4 rows within noise; at 64 rows 62 vs
+# 51 ms. In cache (one shape in a loop) only the LM head differs (3.6 vs 2.5 ms), so the
+# gain is in streaming the weights. benchmarks/gemm_blocking.py repeats it.
+PACKED_BLOCK_CHOICES = (64, 32, 16)  # the widest that divides the output channels
+_PACKED_BLOCK_IN = 64  # input channels per block (IPEX's own choice)
+
+
+def packed_block_out(out_features: int) -> int:
+    """Output channels per block for this many output channels
+    (VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK, or the widest of PACKED_BLOCK_CHOICES that divides)."""
+    fixed = envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK
+    for block in (fixed,) if fixed else PACKED_BLOCK_CHOICES:
+        if out_features % block == 0:
+            return block
+    return 16
+
+
+def cpu_pack_linear_weight(weight: torch.Tensor,
+                           block_out: Optional[int] = None) -> Optional[torch.Tensor]:
+    """``weight`` [out, in] blocked for IPEX's TPP GEMM as [out / block_out, in / 64, ...]
+    (a new tensor; ``weight`` is left as it is), or None when TPP does not take it (dtype
+    not bf16/fp32, out % 16, in % 64). ``block_out``: default :func:`packed_block_out`."""
     if weight.dim() != 2 or weight.dtype not in (torch.bfloat16, torch.float32):
         return None
     out_features, in_features = weight.shape
-    if out_features % 16 or in_features % 64:
+    if out_features % 16 or in_features % _PACKED_BLOCK_IN:
+        return None
+    block_out = block_out or packed_block_out(out_features)
+    if out_features % block_out:
         return None
     from intel_extension_for_pytorch.nn.utils._weight_prepack import (
-        Apply_TPPLinear_weight_prepack,
+        TPPLinear_weight_prepack,
+        block,
     )
 
     holder = torch.nn.Linear(in_features, out_features, bias=False, device="meta")
     # IPEX's own blocking; it overwrites the tensor it is given, hence the copy.
     holder.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
-    Apply_TPPLinear_weight_prepack(holder, dtype=weight.dtype)
-    if holder.tpp_fallback:
-        return None
+    TPPLinear_weight_prepack(holder, block_out, _PACKED_BLOCK_IN, weight.dtype)
+    block(holder)
     return holder.weight.detach()
 
 
@@ -87,10 +114,13 @@ def measure_max_rows(weight: torch.Tensor, packed: torch.Tensor) -> tuple[int, l
     """Time TPP and torch's GEMM alternately on (a slice of) this weight at TUNED_ROWS;
     returns (switch point, [(rows, tpp s, torch s), ...])."""
     out_features, in_features = weight.shape
-    # The prepacked layout is [out / 16, ...]: slicing its first dim is a narrower weight.
+    # The prepacked layout is [out / block, in / 64, ..., block, (2)]: slicing its first dim
+    # is a narrower weight.
+    block_out = packed.shape[3]
     out_slice = min(out_features, _TUNE_OUT_FEATURES)
+    out_slice -= out_slice % block_out
     w = weight[:out_slice]
-    p = packed[: out_slice // 16].contiguous()
+    p = packed[: out_slice // block_out].contiguous()
     timings = []
     gen = torch.Generator().manual_seed(0)
     for rows in TUNED_ROWS:

@@ -204,8 +204,9 @@ class ExpertKernel:
     def _pack_tpp_in_place(self) -> None:
         from vllm_xpu_plugin.kernels import gemm
 
-        packed13 = [gemm.cpu_pack_linear_weight(w) for w in self.w13.data]
-        packed2 = [gemm.cpu_pack_linear_weight(w) for w in self.w2.data]
+        # 16-wide output blocks, so that gate and up (w13's two halves) never share one.
+        packed13 = [gemm.cpu_pack_linear_weight(w, block_out=16) for w in self.w13.data]
+        packed2 = [gemm.cpu_pack_linear_weight(w, block_out=16) for w in self.w2.data]
         if any(p is None for p in packed13 + packed2) or self.intermediate % 16:
             return  # TPP does not take these shapes: per-expert kernel on the plain weights
         # Blocked [out/16, ...]: the first half of w13's output blocks is the gate.
