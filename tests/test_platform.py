@@ -110,10 +110,10 @@ def test_unknown_env_value_is_a_startup_problem(monkeypatch):
     assert "VLLM_XPU_PLUGIN_DEVICE='gpu'" in platform.startup_problem()
 
 
-@pytest.mark.parametrize("user_value, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize("user_value, expected", [(None, "<unset>"), ("ACTIVE", "ACTIVE")])
 def test_cpu_mode_engine_omp_wait_policy(user_value, expected):
-    """Building a config in CPU mode sets OMP_WAIT_POLICY=PASSIVE for the engine processes
-    started afterwards (they inherit the environment), unless the user set it."""
+    """Building a config in CPU mode leaves OMP_WAIT_POLICY as it was: unset (libgomp's
+    default, with the runner's spin governor), or the user's own value."""
     code = ("import os\nfrom vllm.config import VllmConfig\nVllmConfig()\n"
             "print('policy=' + os.environ.get('OMP_WAIT_POLICY', '<unset>'))")
     env = {"VLLM_XPU_PLUGIN_DEVICE": "cpu"}

@@ -130,15 +130,12 @@ def engine_env_defaults() -> dict[str, str]:
     """Environment defaults for the engine processes started after the config is built
     (applied with setdefault: a user's own value wins).
 
-    CPU mode: ``OMP_WAIT_POLICY=PASSIVE``. The engine's OpenMP threads share the cores with
-    the API server and the clients; spinning workers then stall every parallel region
-    until the scheduler runs them again. Measured (2 vCPUs, 2 threads, SmolLM2 bf16,
-    ``vllm bench serve`` c=16 x 128 tokens, two servers benched alternately): 14-24 tok/s
-    with libgomp's default spinning vs 104-119 tok/s with PASSIVE. A dedicated machine
-    running offline batches can set ``OMP_WAIT_POLICY=ACTIVE``.
+    None today. CPU mode used to set ``OMP_WAIT_POLICY=PASSIVE`` here; since 2026-12-02 the
+    engine keeps libgomp's default (spin, then sleep) and its runner switches to sleeping
+    at once while other processes want the cores (worker/cpu_spin_governor.py, measured
+    there: 1.35x PASSIVE quiet, PASSIVE's speed with a busy neighbour). A user's
+    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` turns that governor off.
     """
-    if is_cpu_mode():
-        return {"OMP_WAIT_POLICY": "PASSIVE"}
     return {}
 
 

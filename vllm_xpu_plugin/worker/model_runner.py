@@ -26,6 +26,7 @@ from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.sample import XPUPluginSampler
 from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
+from vllm_xpu_plugin.worker.cpu_spin_governor import SpinGovernor, governor_wanted
 
 logger = init_logger(__name__)
 
@@ -48,6 +49,10 @@ class XPUPluginModelRunner(GPUModelRunner):
         # Structured outputs: the grammar bitmask of the step being executed, applied in
         # _sample by the plugin instead of by xgrammar's kernels (structured_output/).
         self._pending_grammar_step = None
+        # CPU mode: OpenMP threads spin when the machine is otherwise idle, sleep when
+        # other processes want the cores (worker/cpu_spin_governor.py).
+        self._spin_governor = (SpinGovernor() if device.is_cpu_mode() and governor_wanted()
+                               else None)
 
     # ------------------------------------------------------------------ device hooks
 
@@ -65,6 +70,8 @@ class XPUPluginModelRunner(GPUModelRunner):
     def execute_model(self, scheduler_output, intermediate_tensors=None):
         # Hide the grammar bitmask from vLLM's xgrammar call (float32-only on CPU,
         # torch.compile elsewhere); _sample applies it at the same point in the step.
+        if self._spin_governor is not None:
+            self._spin_governor.tick()
         scheduler_output, self._pending_grammar_step = (
             structured_output.take_grammar_bitmask(scheduler_output))
         try:
