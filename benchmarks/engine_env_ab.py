@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{same[label]}", flush=True)
             for _ in range(0 if args.same_process else args.rounds):
                 for label, env in args.candidate:
-                    # The plugin's own CPU-mode default (OMP_WAIT_POLICY=PASSIVE) applies
-                    # unless a candidate sets it: _run clears the caller's.
+                    # The plugin's own CPU-mode default (libgomp's spin with the spin
+                    # governor) applies unless a candidate sets OMP_WAIT_POLICY /
+                    # GOMP_SPINCOUNT: _run clears the caller's.
                     loads.setdefault(n, []).append(os.getloadavg()[0])
                     got = _run(model, env, args.repeats)
                     rates.setdefault((n, label), []).extend(got)

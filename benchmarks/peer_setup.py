@@ -12,7 +12,7 @@ own, built by ``../shared/peers/vllm_cpu.sh [VENV]`` (default
 - keep the peer's own defaults: torch.compile (inductor), ``VLLM_CPU_OMP_THREADS_BIND=auto``
   (on this 2-core VM: OpenMP threads bound to CPUs 0 and 1), ``VLLM_CPU_NUM_OF_RESERVED_CPU``
   unset (0 reserved at TP=1), and libgomp's wait policy (an ``OMP_WAIT_POLICY`` /
-  ``GOMP_SPINCOUNT`` of the caller is removed; the plugin's PASSIVE is the plugin's default,
+  ``GOMP_SPINCOUNT`` of the caller is removed; the plugin's spin governor is the plugin's,
   not the peer's). ``OMP_NUM_THREADS`` is the run's thread count on both sides. One setting
   differs from the defaults, on both sides alike: the KV cache is 1 GiB
   (``VLLM_CPU_KVCACHE_SPACE=1`` / ``VLLM_XPU_PLUGIN_CPU_KVCACHE_GB=1``, :data:`KV_CACHE_GIB`)

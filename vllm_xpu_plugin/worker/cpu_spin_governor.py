@@ -32,7 +32,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from vllm_xpu_plugin.log import init_logger
 
@@ -137,6 +138,21 @@ class SpinGovernor:
         if self._parked is not None:
             self._parked.stop()
             self._parked = None
+
+
+def make_governor() -> Optional[SpinGovernor]:
+    """The engine's governor, or None when it is not wanted or /proc cannot be read."""
+    if not governor_wanted():
+        return None
+    try:
+        governor = SpinGovernor()
+    except OSError as exc:  # no /proc (not Linux): keep libgomp's behaviour as it is
+        logger.info("CPU mode: OpenMP spin governor off (%s)", exc)
+        return None
+    logger.info("CPU mode: OpenMP threads spin between parallel regions while the machine "
+                "is otherwise idle and sleep while other processes use >= %.2f cores "
+                "(set OMP_WAIT_POLICY to choose yourself)", governor.busy_cores)
+    return governor
 
 
 def governor_wanted(environ=os.environ, threads: Optional[int] = None) -> bool:

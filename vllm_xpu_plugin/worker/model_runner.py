@@ -26,7 +26,7 @@ from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.sample import XPUPluginSampler
 from vllm_xpu_plugin.spec_decode import TorchRejectionSampler, prepare_ngram_proposer
-from vllm_xpu_plugin.worker.cpu_spin_governor import SpinGovernor, governor_wanted
+from vllm_xpu_plugin.worker.cpu_spin_governor import make_governor
 
 logger = init_logger(__name__)
 
@@ -51,8 +51,7 @@ class XPUPluginModelRunner(GPUModelRunner):
         self._pending_grammar_step = None
         # CPU mode: OpenMP threads spin when the machine is otherwise idle, sleep when
         # other processes want the cores (worker/cpu_spin_governor.py).
-        self._spin_governor = (SpinGovernor() if device.is_cpu_mode() and governor_wanted()
-                               else None)
+        self._spin_governor = make_governor() if device.is_cpu_mode() else None
 
     # ------------------------------------------------------------------ device hooks
 
