@@ -24,38 +24,28 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from benchmarks._common import ensure_repo_on_path, machine_info, resolve_model
-from benchmarks.wait_policy import _run, _start_neighbours, _stop
+from benchmarks.wait_policy import WORKLOAD, _run, _start_neighbours, _stop, run_worker
 
-SAME_PROCESS_WORKER = r"""
-import json, os, sys, time
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
+SAME_PROCESS_WORKER = WORKLOAD + r"""
 model, repeats, candidates = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 base_env = dict(os.environ)
 llms = []
 for label, env in candidates:
     os.environ.clear(); os.environ.update(base_env); os.environ.update(env)
-    llms.append((label, LLM(model, dtype="bfloat16", max_model_len=512, max_num_seqs=16,
-                            seed=0)))
+    llms.append((label, LLM(model, **ENGINE_ARGS)))
 os.environ.clear(); os.environ.update(base_env)
-prompts = [TokensPrompt(prompt_token_ids=[1] + [100 + 7 * i + j for j in range(64)])
-           for i in range(16)]
-params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
 for _, llm in llms:
-    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    llm.generate(prompts[:2], warm_up, use_tqdm=False)
 rates = {label: [] for label, _ in llms}
 outputs = {}
 for _ in range(repeats):
     for label, llm in llms:
-        t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        dt = time.perf_counter() - t0
-        rates[label].append(sum(len(o.outputs[0].token_ids) for o in outs) / dt)
+        rate, outs = timed_generate(llm)
+        rates[label].append(rate)
         outputs[label] = [list(o.outputs[0].token_ids) for o in outs]
 first = next(iter(outputs.values()))
 print("SAME", json.dumps({label: outputs[label] == first for label in outputs}))
@@ -64,20 +54,10 @@ print("RATES", json.dumps(rates))
 
 
 def _run_same_process(model: str, candidates, repeats: int) -> tuple[dict, dict]:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    env.pop("GOMP_SPINCOUNT", None)
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    done = subprocess.run(
-        [sys.executable, "-c", SAME_PROCESS_WORKER, model, str(repeats),
-         json.dumps([[label, e] for label, e in candidates])],
-        env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
-    lines = done.stdout.splitlines()
-    (rates,) = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("RATES ")]
-    (same,) = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("SAME ")]
-    return rates, same
+    got = run_worker(SAME_PROCESS_WORKER,
+                     [model, str(repeats), json.dumps([[label, e] for label, e in candidates])],
+                     {}, 3600)
+    return got["RATES"], got["SAME"]
 
 
 def parse_candidate(text: str) -> tuple[str, dict[str, str]]:

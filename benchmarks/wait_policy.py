@@ -38,38 +38,56 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "GOMP_SPINCOUNT=100000": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "100000"},
 }
 
-WORKER = r"""
-import json, sys, time
+# The workload, shared with benchmarks/engine_env_ab.py's same-process driver.
+WORKLOAD = r"""
+import json, os, sys, time
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
-model, repeats = sys.argv[1], int(sys.argv[2])
-llm = LLM(model, dtype="bfloat16", max_model_len=512, max_num_seqs=16, seed=0)
+ENGINE_ARGS = dict(dtype="bfloat16", max_model_len=512, max_num_seqs=16, seed=0)
 prompts = [TokensPrompt(prompt_token_ids=[1] + [100 + 7 * i + j for j in range(64)])
            for i in range(16)]
 params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
-llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=8))  # warm-up
-rates = []
-for _ in range(repeats):
+warm_up = SamplingParams(temperature=0, max_tokens=8)
+
+def timed_generate(llm):
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
-    rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / dt)
-print("RATES", json.dumps(rates))
+    return sum(len(o.outputs[0].token_ids) for o in outs) / dt, outs
+"""
+
+WORKER = WORKLOAD + r"""
+model, repeats = sys.argv[1], int(sys.argv[2])
+llm = LLM(model, **ENGINE_ARGS)
+llm.generate(prompts[:2], warm_up)
+print("RATES", json.dumps([timed_generate(llm)[0] for _ in range(repeats)]))
 """
 
 
-def _run(model: str, env_extra: dict[str, str], repeats: int) -> list[float]:
+def run_worker(code: str, args: list[str], env_extra: dict[str, str],
+               timeout: float) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter with the caller's environment minus its OpenMP
+    wait policy (the plugin's own default then applies) plus ``env_extra``; return the JSON
+    of each ``TAG {...}`` line it prints, by tag."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     env.pop("GOMP_SPINCOUNT", None)
     env.update(env_extra)
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    done = subprocess.run([sys.executable, "-c", WORKER, model, str(repeats)], env=env,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
-    (line,) = [x for x in done.stdout.splitlines() if x.startswith("RATES ")]
-    return json.loads(line.split(" ", 1)[1])
+    results = {}
+    for line in done.stdout.splitlines():
+        tag, _, payload = line.partition(" ")
+        if tag.isupper() and payload.startswith(("{", "[")):
+            results[tag] = json.loads(payload)
+    return results
+
+
+def _run(model: str, env_extra: dict[str, str], repeats: int) -> list[float]:
+    return run_worker(WORKER, [model, str(repeats)], env_extra, 1800)["RATES"]
 
 
 def _start_neighbours(n: int) -> list[subprocess.Popen]:

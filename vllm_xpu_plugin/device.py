@@ -126,19 +126,6 @@ def distributed_backend() -> str:
     return "ccl"
 
 
-def engine_env_defaults() -> dict[str, str]:
-    """Environment defaults for the engine processes started after the config is built
-    (applied with setdefault: a user's own value wins).
-
-    None today. CPU mode used to set ``OMP_WAIT_POLICY=PASSIVE`` here; since 2026-12-02 the
-    engine keeps libgomp's default (spin, then sleep) and its runner switches to sleeping
-    at once while other processes want the cores (worker/cpu_spin_governor.py, measured
-    there: 1.35x PASSIVE quiet, PASSIVE's speed with a busy neighbour). A user's
-    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` turns that governor off.
-    """
-    return {}
-
-
 @contextmanager
 def cuda_api_redirect():
     """While the GPUModelRunner constructor runs, make its ``torch.cuda.Event`` /

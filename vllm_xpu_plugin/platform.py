@@ -191,8 +191,6 @@ class XPUPluginPlatform(Platform):
                 "vllm-xpu-plugin; use mp or ray")
         # Neither XPU runtimes nor IPEX survive fork() after initialisation.
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
-        # Read by the engine processes spawned after this (device.engine_env_defaults).
-        envs.set_defaults(device.engine_env_defaults())
 
     @classmethod
     def check_if_supports_dtype(cls, torch_dtype: torch.dtype) -> None:

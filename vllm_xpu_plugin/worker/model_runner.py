@@ -67,10 +67,10 @@ class XPUPluginModelRunner(GPUModelRunner):
         return super()._to_list(sampled_token_ids)
 
     def execute_model(self, scheduler_output, intermediate_tensors=None):
-        # Hide the grammar bitmask from vLLM's xgrammar call (float32-only on CPU,
-        # torch.compile elsewhere); _sample applies it at the same point in the step.
         if self._spin_governor is not None:
             self._spin_governor.tick()
+        # Hide the grammar bitmask from vLLM's xgrammar call (float32-only on CPU,
+        # torch.compile elsewhere); _sample applies it at the same point in the step.
         scheduler_output, self._pending_grammar_step = (
             structured_output.take_grammar_bitmask(scheduler_output))
         try:
