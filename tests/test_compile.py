@@ -1,8 +1,8 @@
 """torch.compile mode (docs/compile.md, vllm_xpu_plugin/compilation/).
 
 - Which compilation each config gets (EngineArgs -> VllmConfig, through the platform hook):
-  eager by default (level 3 = nothing asked, for vLLM), compiled with VLLM_XPU_PLUGIN_COMPILE=1
-  or -O1/-O2, eager with -O0 / --enforce-eager / VLLM_XPU_PLUGIN_COMPILE=0, eager with one log
+  eager by default (level 3 = nothing asked, for vLLM), compiled with VLLM_XPU_PLUGIN_COMPILE=1,
+  -O1/-O2, -O3 on the command line, or level 3 with a backend offline; eager with -O0 / --enforce-eager / VLLM_XPU_PLUGIN_COMPILE=0, eager with one log
   line for the configs compile mode does not cover.
 - Tiny random Llama and Qwen2 in float32, compiled: greedy tokens and top-5 logprobs equal to
   an eager engine's and to HF transformers', over a batch that mixes chunked prefills with
@@ -96,6 +96,52 @@ def test_default_is_eager_with_one_line(tiny_llama_dir, monkeypatch, policy_line
     # Level 2 is never vLLM's own proposal: it compiles without the switch.
     cfg = _engine_config(tiny_llama_dir, compilation_config={"level": 2})
     assert cfg.compilation_config.level == CompilationLevel.PIECEWISE
+
+
+def _command_line_config(model_dir, *flags):
+    """The config ``vllm serve`` builds for these flags: vLLM's own argument parser (the
+    platform's pre_register_and_update hook runs in it) -> EngineArgs -> VllmConfig."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    from vllm.utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", str(model_dir), "--dtype", "float32",
+                              "--max-model-len", "256", *flags])
+    return EngineArgs.from_cli_args(args).create_engine_config()
+
+
+@pytest.mark.parametrize("flags,compiled", [
+    ((), False),                                    # vLLM's "nothing asked" level 3
+    (("-O3",), True),
+    (("-O", "3"), True),
+    (("--compilation-config", '{"level": 3}'), True),
+    (("-O.level=3",), True),
+    (("-O", '{"compile_sizes": []}'), False),       # a config without a level asks none
+    (("-O0",), False),
+    (("-O3", "--enforce-eager"), False),
+])
+def test_command_line_O3_compiles_and_no_O_keeps_the_default(tiny_llama_dir, monkeypatch,
+                                                             flags, compiled):
+    from vllm.config import CompilationLevel
+
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_COMPILE")
+    cfg = _command_line_config(tiny_llama_dir, *flags)
+    expected = CompilationLevel.PIECEWISE if compiled else CompilationLevel.NO_COMPILATION
+    assert cfg.compilation_config.level == expected, flags
+    assert cfg.model_config.enforce_eager is (not compiled), flags
+
+
+def test_offline_level_3_with_a_backend_compiles(tiny_llama_dir, monkeypatch):
+    # LLM(compilation_config=3) is vLLM's default config, byte for byte; naming the backend
+    # next to the level is the offline way to ask (docs/compile.md).
+    from vllm.config import CompilationLevel
+
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_COMPILE")
+    cfg = _engine_config(tiny_llama_dir,
+                         compilation_config={"level": 3, "backend": "inductor"})
+    assert cfg.compilation_config.level == CompilationLevel.PIECEWISE
+    assert "vllm.unified_attention_with_output" in cfg.compilation_config.splitting_ops
 
 
 @pytest.mark.parametrize("kwargs", [{"compilation_config": {"level": 0}},

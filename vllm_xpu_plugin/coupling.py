@@ -368,6 +368,13 @@ CATALOGUE: tuple[Coupling, ...] = (
              "maps -O / --compilation-config to eager or PIECEWISE inductor split at the "
              "attention and MoE ops (docs/compile.md)",
              "never (vLLM's compilation config); revisit when vLLM renames level -> mode"),
+    Coupling("vllm.engine.arg_utils:EngineArgs", "fields", ("compilation_config",),
+             "compilation/policy.py (mark_command_line_levels)",
+             "wraps the parse function (argparse `type`) of the -O / --compilation-config "
+             "option so a config where the user named a level carries a mark: vLLM 0.11 "
+             "turns 'no level' into level 3 before the platform sees it, so -O3 could not "
+             "be told from no -O (tests/test_compile.py parses real command lines)",
+             "vLLM keeps 'level not set' visible to check_and_update_config"),
     *(Coupling(f"torch.ops.vllm.{op}", "op", (nargs,), "compilation/policy.py",
                "a splitting op by name: the compiled graph is cut at it, so inductor never "
                "traces the IPEX attention / the plugin's fused MoE",

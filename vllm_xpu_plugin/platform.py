@@ -101,6 +101,7 @@ class XPUPluginPlatform(Platform):
             # check_and_update_config) print as one line, not a traceback.
             startup_checks.install_cli_error_formatter()
             ray_checks.install_backend_check(parser)
+            compilation.mark_command_line_levels(parser)
             if not any("--device" in a.option_strings for a in parser._actions):
                 parser.add_argument(
                     "--device",

@@ -5,4 +5,5 @@ See docs/compile.md."""
 from vllm_xpu_plugin.compilation.policy import (  # noqa: F401
     apply_compilation_policy,
     attention_op_is_opaque,
+    mark_command_line_levels,
 )

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 
 logger = init_logger(__name__)
 
-# What the plugin runs for vLLM's level 3 (PIECEWISE) unless VLLM_XPU_PLUGIN_COMPILE=1: vLLM
-# 0.11 hands the platform level 3 both when the user asks for nothing and for -O3, so the
-# two cannot be told apart here. Eager, by measurement (benchmarks/compile_mode.py,
+# What the plugin runs for vLLM's level 3 (PIECEWISE) when nobody asked for a level: vLLM
+# 0.11 hands the platform level 3 both when the user asks for nothing and for -O3, so an
+# explicit request is recognised by its mark (mark_command_line_levels: -O3 on vLLM's
+# command line) or by an explicit backend (offline: compilation_config={"level": 3,
+# "backend": "inductor"}), or asked with VLLM_XPU_PLUGIN_COMPILE=1. Eager, by measurement (benchmarks/compile_mode.py,
 # SmolLM2-135M bf16, 16 prompts x 128 tokens, OMP_NUM_THREADS=2, AMD EPYC 2 vCPU, eager and
 # compiled engines in one process, generate calls interleaved; docs/compile.md "Default"):
 # on the quietest rounds compiled 220-259 tok/s vs eager 244 (no clear gain: the heavy ops
@@ -141,6 +143,43 @@ def apply_compilation_policy(vllm_config: VllmConfig) -> None:
                 "(docs/compile.md); --enforce-eager or -O0 runs eagerly.")
 
 
+# Set on a CompilationConfig parsed from the user's own -O / --compilation-config value that
+# names a level; vLLM's default (no -O) is never parsed, so it never carries the mark.
+_LEVEL_ASKED = "_vllm_xpu_plugin_level_asked"
+
+
+def mark_command_line_levels(parser) -> None:
+    """Make the ``-O`` / ``--compilation-config`` option of vLLM's command line mark the
+    config it parses when the user named a level (``-O3``, ``-O.level=3``, ``-O '{"level":
+    3}'``), so that an explicit ``-O3`` compiles while no ``-O`` at all keeps the measured
+    default. Called from the platform's ``pre_register_and_update(parser)`` hook, i.e. only
+    when this plugin's platform is the current one."""
+    for action in parser._actions:
+        if action.dest != "compilation_config" or action.type is None:
+            continue
+        if getattr(action.type, "marks_level", False):
+            return
+        parse = action.type
+
+        def parse_and_mark(value, _parse=parse):
+            config = _parse(value)
+            if getattr(config, "level", None) is not None:
+                # A plain attribute in the instance dict: vLLM keeps the parsed object
+                # (EngineArgs -> VllmConfig) and the config is checked in this process.
+                config.__dict__[_LEVEL_ASKED] = True
+            return config
+
+        parse_and_mark.marks_level = True
+        action.type = parse_and_mark
+        return
+
+
+def _level_asked(compilation_config) -> bool:
+    """True when the user named the level: on the command line (the mark above) or
+    offline with an explicit backend next to it (vLLM's default backend is "")."""
+    return bool(compilation_config.__dict__.get(_LEVEL_ASKED)) or bool(compilation_config.backend)
+
+
 def _compile_requested(vllm_config: VllmConfig) -> bool:
     from vllm.config import CompilationLevel
 
@@ -153,11 +192,14 @@ def _compile_requested(vllm_config: VllmConfig) -> bool:
     level = vllm_config.compilation_config.level
     if level is None or level == CompilationLevel.NO_COMPILATION:
         return False
+    compilation_config = vllm_config.compilation_config
     if switch or level != CompilationLevel.PIECEWISE or COMPILE_BY_DEFAULT:
+        return True
+    if _level_asked(compilation_config):
         return True
     # vLLM turns "nothing asked" into PIECEWISE before the platform sees the config.
     logger.info("torch.compile is off by default on vllm-xpu-plugin (measured no faster "
-                "here, docs/compile.md); VLLM_XPU_PLUGIN_COMPILE=1 turns it on.")
+                "here, docs/compile.md); -O3 or VLLM_XPU_PLUGIN_COMPILE=1 turns it on.")
     return False
 
 
