@@ -6,7 +6,8 @@ engine process, quiet and with busy neighbours, in one run, side by side.
         [--neighbours 0 1] [--repeats 3] [--rounds 2] [--same-process]
 
 Each ``--candidate`` is ``LABEL:NAME=VALUE,NAME=VALUE`` (nothing after the colon: the
-shipped defaults). Workload and method as ``benchmarks/wait_policy.py`` (SmolLM2-135M bf16,
+shipped defaults); a NAME starting with ``--`` is an engine argument instead of an
+environment variable (``"fp32:--dtype=float32"``; the workload's default is bfloat16). Workload and method as ``benchmarks/wait_policy.py`` (SmolLM2-135M bf16,
 16 prompts x 128 tokens, greedy; median of ``--repeats`` timed generations after a
 warm-up); the candidates alternate within each round, ``--rounds`` times per condition,
 so a change in the machine's load hits every candidate. The first candidate is the
@@ -36,7 +37,7 @@ base_env = dict(os.environ)
 llms = []
 for label, env in candidates:
     os.environ.clear(); os.environ.update(base_env); os.environ.update(env)
-    llms.append((label, LLM(model, **ENGINE_ARGS)))
+    llms.append((label, LLM(model, **engine_args())))
 os.environ.clear(); os.environ.update(base_env)
 for _, llm in llms:
     llm.generate(prompts[:2], warm_up, use_tqdm=False)
@@ -62,12 +63,17 @@ def _run_same_process(model: str, candidates, repeats: int) -> tuple[dict, dict]
 
 def parse_candidate(text: str) -> tuple[str, dict[str, str]]:
     label, _, assignments = text.partition(":")
-    env = {}
+    env, engine = {}, {}
     for item in filter(None, (a.strip() for a in assignments.split(","))):
         name, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"{item!r} is not NAME=VALUE")
-        env[name] = value
+        if name.startswith("--"):  # an engine argument, e.g. --dtype=float32
+            engine[name[2:].replace("-", "_")] = value
+        else:
+            env[name] = value
+    if engine:
+        env["BENCH_ENGINE_ARGS"] = json.dumps(engine)
     return label.strip() or "default", env
 
 

@@ -44,6 +44,11 @@ import json, os, sys, time
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 ENGINE_ARGS = dict(dtype="bfloat16", max_model_len=512, max_num_seqs=16, seed=0)
+
+def engine_args():
+    # A candidate's engine arguments (benchmarks/engine_env_ab.py: "--dtype=float32"),
+    # handed over in the environment the candidate's engine starts with.
+    return {**ENGINE_ARGS, **json.loads(os.environ.get("BENCH_ENGINE_ARGS", "{}"))}
 prompts = [TokensPrompt(prompt_token_ids=[1] + [100 + 7 * i + j for j in range(64)])
            for i in range(16)]
 params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
@@ -58,7 +63,7 @@ def timed_generate(llm):
 
 WORKER = WORKLOAD + r"""
 model, repeats = sys.argv[1], int(sys.argv[2])
-llm = LLM(model, **ENGINE_ARGS)
+llm = LLM(model, **engine_args())
 llm.generate(prompts[:2], warm_up)
 print("RATES", json.dumps([timed_generate(llm)[0] for _ in range(repeats)]))
 """

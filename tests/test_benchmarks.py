@@ -477,3 +477,23 @@ def test_missing_peer_is_said_not_hidden(tmp_path, capsys):
         (tmp_path / "venv" / "bin" / exe).write_text("")
     args = ap.parse_args(["--peer-venv", str(tmp_path / "venv"), "--peer-script", "/nonexistent"])
     assert peer_setup.ensure_peer(args) == tmp_path / "venv"
+
+
+def test_env_ab_candidates_split_engine_arguments_from_environment():
+    """engine_env_ab: NAME=VALUE is the engine's environment, --name=value an engine
+    argument handed to the workload's engine_args() (json in BENCH_ENGINE_ARGS)."""
+    from benchmarks import engine_env_ab, wait_policy
+
+    label, env = engine_env_ab.parse_candidate(
+        "fp32:--dtype=float32,--max-num-seqs=8,GOMP_SPINCOUNT=100")
+    assert label == "fp32" and env["GOMP_SPINCOUNT"] == "100"
+    assert json.loads(env["BENCH_ENGINE_ARGS"]) == {"dtype": "float32", "max_num_seqs": "8"}
+    assert engine_env_ab.parse_candidate("default:") == ("default", {})
+    namespace: dict = {}
+    exec(wait_policy.WORKLOAD, namespace)  # what each engine's driver process runs first
+    os.environ["BENCH_ENGINE_ARGS"] = env["BENCH_ENGINE_ARGS"]
+    try:
+        args = namespace["engine_args"]()
+    finally:
+        del os.environ["BENCH_ENGINE_ARGS"]
+    assert args["dtype"] == "float32" and args["max_model_len"] == 512

@@ -53,14 +53,31 @@ def test_prepacked_linear_matches_reference(dtype, shape, switch_at):
     assert torch.equal(weight, plain_before)  # packing copies; the plain weight is kept
 
 
-@pytest.mark.parametrize("setting,shape,block", [
-    ("auto", (1536, 576), 64), ("auto", (96, 64), 32), ("auto", (48, 64), 16),
-    ("16", (1536, 576), 16), ("32", (1536, 576), 32), ("64", (96, 64), 16),
+@pytest.fixture
+def cpu_kind(monkeypatch):
+    """Pretend the host CPU has (or lacks) AMX: the block rule reads device.cpu_flags()."""
+    def pretend(kind):
+        flags = {"amx": {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
+                 "no-amx": {"avx512f", "avx512_bf16"}}[kind]
+        monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    yield pretend
+
+
+@pytest.mark.parametrize("cpu,setting,shape,block", [
+    # Without AMX (where 64-wide blocks were measured faster): the widest that divides.
+    ("no-amx", "auto", (1536, 576), 64), ("no-amx", "auto", (96, 64), 32),
+    ("no-amx", "auto", (48, 64), 16),
+    # With AMX (never measured wider): IPEX's own 16.
+    ("amx", "auto", (1536, 576), 16), ("amx", "auto", (96, 64), 16),
+    # A setting wins on either kind; a width it does not divide falls back to 16.
+    ("no-amx", "16", (1536, 576), 16), ("no-amx", "32", (1536, 576), 32),
+    ("no-amx", "64", (96, 64), 16), ("amx", "64", (1536, 576), 64),
 ])
-def test_every_output_block_width_matches_reference(monkeypatch, switch_at, setting, shape,
-                                                    block):
-    """The widest block that divides the output channels (or the one set), at decode and
+def test_every_output_block_width_matches_reference(monkeypatch, switch_at, cpu_kind, cpu,
+                                                    setting, shape, block):
+    """The block width the rule gives on each CPU kind (or the one set), at decode and
     prefill row counts, with and without bias, against float64."""
+    cpu_kind(cpu)
     monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", setting)
     gen = torch.Generator().manual_seed(2)
     out_features, in_features = shape
@@ -79,14 +96,24 @@ def test_every_output_block_width_matches_reference(monkeypatch, switch_at, sett
             assert err <= TOLERANCE[torch.bfloat16], (rows, b is not None, float(err))
 
 
-def test_switch_point_measurement_slices_wide_blocks(monkeypatch):
+def test_switch_point_measurement_slices_wide_blocks(monkeypatch, cpu_kind):
     """The load-time measurement slices the blocked weight by whole blocks of any width."""
+    cpu_kind("no-amx")
     monkeypatch.delenv("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS", raising=False)
+    monkeypatch.delenv("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", raising=False)
     weight = (torch.randn(1088, 64) * 0.05).bfloat16()  # 1088 = 17 x 64: slice of 1024
     packed = gemm.cpu_pack_linear_weight(weight)
     assert packed.shape[3] == 64
     rows, timings = gemm.measure_max_rows(weight, packed)
     assert rows in (gemm.ALWAYS_PACKED_ROWS, *gemm.TUNED_ROWS) and timings
+
+
+def test_cpu_flags_are_the_first_cpus_flags_line():
+    """device.cpu_flags() against a plain read of /proc/cpuinfo's first flags line."""
+    text = open("/proc/cpuinfo").read()  # CPU mode runs on Linux x86-64 only
+    first = next(line for line in text.splitlines() if line.startswith("flags"))
+    assert device.cpu_flags() == frozenset(first.split(":", 1)[1].split())
+    assert device.cpu_has_amx() == (" amx_bf16" in first)
 
 
 def test_bad_block_setting_is_one_clear_line(monkeypatch):

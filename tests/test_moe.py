@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from tests.fixtures.hf_reference import assert_greedy_close, hf_greedy
+from vllm_xpu_plugin import device
 
 MAX_NEW_TOKENS = 16
 TIE_MARGIN = 0.02
@@ -142,6 +143,35 @@ def _expert_case(dtype, num_experts=8, hidden=128, inter=64, tokens=11, seed=4):
     return w13, w2, x, logits
 
 
+def _expected_cpu_layout(dtype) -> str:
+    """The layout this host's CPU should get, from a plain read of /proc/cpuinfo: IPEX's
+    fused (VNNI) bf16 MoE kernel only runs with AVX512-BF16 or AMX-BF16."""
+    if dtype != torch.bfloat16:
+        return "plain"
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    return "vnni" if {"avx512_bf16", "amx_bf16"} & set(flags) else "tpp"
+
+
+@pytest.mark.parametrize("flags,layout", [
+    ({"avx2", "avx512f", "avx512_bf16"}, "vnni"), ({"avx2", "amx_bf16"}, "vnni"),
+    ({"avx2", "avx512f"}, "tpp"), ({"avx2"}, "tpp")])
+def test_bf16_expert_layout_follows_the_cpus_bf16_instructions(monkeypatch, flags, layout):
+    """An AVX2-only CPU (IPEX's fused kernel: "scalar path not implemented") gets the TPP
+    layout; the layout chosen runs and matches float64 wherever it can run."""
+    from vllm_xpu_plugin.kernels import moe as moe_kernels
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+    w13, w2, x, logits = _expert_case(torch.bfloat16)
+    kernel = moe_kernels.ExpertKernel(torch.nn.Parameter(w13.clone(), requires_grad=False),
+                                      torch.nn.Parameter(w2.clone(), requires_grad=False))
+    assert kernel.layout == layout
+    if layout == _expected_cpu_layout(torch.bfloat16) or layout == "tpp":
+        weights, ids = moe_kernels.select_experts(logits, 2, True)
+        got = kernel(x, weights, ids).double()
+        want = _ref_experts(x, w13, w2, _as_dicts(weights, ids))
+        assert (got - want).abs().max() < 3e-2 * want.abs().max()
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_experts_match_float64_reference(dtype, tol):
     from vllm_xpu_plugin.kernels.moe import ExpertKernel, select_experts
@@ -209,7 +239,7 @@ def test_expert_weights_are_held_once(dtype):
     after = p13.untyped_storage().nbytes() + p2.untyped_storage().nbytes()
     assert after == before
     assert kernel.w13 is p13 and kernel.w2 is p2
-    assert kernel.layout == ("vnni" if dtype == torch.bfloat16 else "plain")
+    assert kernel.layout == _expected_cpu_layout(dtype)
     assert not [k for k, v in vars(kernel).items()
                 if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter)]
 

@@ -172,6 +172,34 @@ class _HostStream:
         pass
 
 
+# --------------------------------------------------------------------------- host CPU
+
+
+@functools.cache
+def cpu_flags() -> frozenset:
+    """The feature flags of the host's first CPU (/proc/cpuinfo; empty where unreadable).
+    CPU mode picks kernel settings by them (kernels/gemm.py: AMX or not)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """AVX512-BF16 or AMX-BF16. Without them (AVX2-only CPUs) IPEX's fused CPU MoE kernel
+    has no code path: ``fused_experts`` fails with "tinygemm_kernel_avx: scalar path not
+    implemented!" (IPEX 2.8.0, AMD EPYC with AVX2 only, 2026-12-02)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 # --------------------------------------------------------------------------- KV cache
 
 # The one place the KV-cache layout per device is decided.

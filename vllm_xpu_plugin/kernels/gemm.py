@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from vllm_xpu_plugin import envs
+from vllm_xpu_plugin import device, envs
 from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
@@ -42,20 +42,42 @@ _max_rows_by_shape: dict[tuple[int, int, torch.dtype], int] = {}
 # threads, PASSIVE, 2026-12-02, load ~1): SmolLM2-135M's 121 GEMMs in a row (269 MB, so
 # from DRAM, not cache) at 16 rows 26.2-27.7 ms with 16-wide blocks vs 18.9-24.8 with
 # 64-wide (1.1-1.4x; 32-wide in between); at 1 and 4 rows within noise; at 64 rows 62 vs
-# 51 ms. In cache (one shape in a loop) only the LM head differs (3.6 vs 2.5 ms), so the
-# gain is in streaming the weights. benchmarks/gemm_blocking.py repeats it.
-PACKED_BLOCK_CHOICES = (64, 32, 16)  # the widest that divides the output channels
+# 51 ms; in the engine 1.14x. In cache (one shape in a loop) only the LM head differs
+# (3.6 vs 2.5 ms), so the gain is in streaming the weights, which a short load-time
+# measurement cannot see. So it is a rule, applied only where it was measured: on a CPU
+# with AMX, IPEX's TPP GEMM runs AMX tiles and was never measured with wider blocks (no
+# AMX machine was available since), so it keeps IPEX's own 16 there.
+# benchmarks/gemm_blocking.py measures it; VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK fixes it.
+WIDE_BLOCK_CHOICES = (64, 32, 16)  # the widest that divides the output channels
+IPEX_BLOCK = 16
 _PACKED_BLOCK_IN = 64  # input channels per block (IPEX's own choice)
 
 
-def packed_block_out(out_features: int) -> int:
-    """Output channels per block for this many output channels
-    (VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK, or the widest of PACKED_BLOCK_CHOICES that divides)."""
+def packed_block_choices() -> tuple[int, ...]:
+    """Output-channel block widths to try, widest first (VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK, or
+    the rule above for this machine's CPU)."""
     fixed = envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK
-    for block in (fixed,) if fixed else PACKED_BLOCK_CHOICES:
+    if fixed:
+        return (fixed,)
+    return (IPEX_BLOCK,) if device.cpu_has_amx() else WIDE_BLOCK_CHOICES
+
+
+def packed_block_rule() -> str:
+    """How the block width was chosen, for the load log line."""
+    if envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK:
+        return "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK"
+    if device.cpu_has_amx():
+        return "IPEX's 16 on an AMX CPU"
+    return "widest of 64/32/16 that divides, measured on CPUs without AMX"
+
+
+def packed_block_out(out_features: int) -> int:
+    """Output channels per block for this many output channels: the first of
+    :func:`packed_block_choices` that divides them, else IPEX's 16."""
+    for block in packed_block_choices():
         if out_features % block == 0:
             return block
-    return 16
+    return IPEX_BLOCK
 
 
 def cpu_pack_linear_weight(weight: torch.Tensor,

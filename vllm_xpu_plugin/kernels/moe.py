@@ -17,6 +17,8 @@ Experts, CPU mode: the weights stay in the layer's ``w13_weight`` [E, 2I, H] /
 ``w2_weight`` [E, H, I] parameters -- one copy, no prepacked duplicate:
 - bf16 / fp16: re-laid out once, in place, for IPEX's fused CPU MoE kernel
   (``torch_ipex.fused_experts``, VNNI layout from ``convert_weight_packed_moe_bf16``);
+  on a CPU without bf16 instructions, which that kernel cannot run on, each expert
+  TPP-blocked in place for ``torch_ipex.mixtral_moe_tpp``;
 - float32 (and shapes that kernel does not take): ``torch_ipex.mixtral_moe_tpp``, the
   per-expert kernel ``ipex.llm.modules.GatedMLPMOE`` runs on the CPU, over the experts
   that received tokens only (GatedMLPMOE visits every expert).
@@ -168,7 +170,15 @@ LAYOUT_PLAIN = "plain"  # [E, 2I, H] / [E, H, I] as loaded (float32 on the CPU)
 LAYOUT_VNNI = "vnni"  # blocked in place for torch_ipex.fused_experts (CPU bf16/fp16)
 LAYOUT_TPP = "tpp"  # each expert blocked in place for IPEX's TPP GEMM (mixtral_moe_tpp)
 # CPU bf16/fp16 experts: which of the two in-place layouts (benchmarks/moe_step.py A/Bs them).
+# The VNNI one needs bf16 instructions (device.cpu_has_bf16_instructions); without them the
+# experts take the TPP layout, whose GEMM has an AVX2 path.
 CPU_LOWP_LAYOUT = LAYOUT_VNNI
+
+
+def cpu_lowp_layout() -> str:
+    if CPU_LOWP_LAYOUT == LAYOUT_VNNI and not device.cpu_has_bf16_instructions():
+        return LAYOUT_TPP
+    return CPU_LOWP_LAYOUT
 
 
 class ExpertKernel:
@@ -182,7 +192,7 @@ class ExpertKernel:
         self.fusion = None
         if device.is_cpu_mode():
             if w13.dtype in (torch.bfloat16, torch.float16):
-                if CPU_LOWP_LAYOUT == LAYOUT_TPP:
+                if cpu_lowp_layout() == LAYOUT_TPP:
                     self._pack_tpp_in_place()
                 else:
                     self._pack_vnni_in_place()

@@ -177,6 +177,7 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
     chosen = gemm.chosen_max_rows()
     how = ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS" if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is not None
            else "measured on this machine")
-    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM up to a row count per "
-                "shape (%s, %.2f s): %s", packed, how, time.perf_counter() - start,
+    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM (output blocks: %s) "
+                "up to a row count per shape (%s, %.2f s): %s", packed, gemm.packed_block_rule(),
+                how, time.perf_counter() - start,
                 ", ".join(f"{o}x{i} <= {rows}" for (o, i, _), rows in sorted(chosen.items())))
