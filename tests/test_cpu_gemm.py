@@ -57,18 +57,20 @@ def test_prepacked_linear_matches_reference(dtype, shape, switch_at):
 def cpu_kind(monkeypatch):
     """Pretend the host CPU has (or lacks) AMX: the block rule reads device.cpu_flags()."""
     def pretend(kind):
-        flags = {"amx": {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
-                 "no-amx": {"avx512f", "avx512_bf16"}}[kind]
+        flags = {"amx": {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"},
+                 "no-amx": {"avx2", "avx512f", "avx512_bf16"},
+                 "avx2": {"avx2", "fma"}}[kind]
         monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
     yield pretend
 
 
 @pytest.mark.parametrize("cpu,setting,shape,block", [
-    # Without AMX (where 64-wide blocks were measured faster): the widest that divides.
+    # AVX512-BF16 without AMX (64-wide blocks measured faster there): the widest that divides.
     ("no-amx", "auto", (1536, 576), 64), ("no-amx", "auto", (96, 64), 32),
     ("no-amx", "auto", (48, 64), 16),
-    # With AMX (never measured wider): IPEX's own 16.
+    # With AMX (never measured wider) and AVX2-only (16 measured faster): IPEX's own 16.
     ("amx", "auto", (1536, 576), 16), ("amx", "auto", (96, 64), 16),
+    ("avx2", "auto", (1536, 576), 16), ("avx2", "32", (1536, 576), 32),
     # A setting wins on either kind; a width it does not divide falls back to 16.
     ("no-amx", "16", (1536, 576), 16), ("no-amx", "32", (1536, 576), 32),
     ("no-amx", "64", (96, 64), 16), ("amx", "64", (1536, 576), 64),

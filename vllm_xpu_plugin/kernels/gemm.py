@@ -44,9 +44,12 @@ _max_rows_by_shape: dict[tuple[int, int, torch.dtype], int] = {}
 # 64-wide (1.1-1.4x; 32-wide in between); at 1 and 4 rows within noise; at 64 rows 62 vs
 # 51 ms; in the engine 1.14x. In cache (one shape in a loop) only the LM head differs
 # (3.6 vs 2.5 ms), so the gain is in streaming the weights, which a short load-time
-# measurement cannot see. So it is a rule, applied only where it was measured: on a CPU
-# with AMX, IPEX's TPP GEMM runs AMX tiles and was never measured with wider blocks (no
-# AMX machine was available since), so it keeps IPEX's own 16 there.
+# measurement cannot see. So it is a rule, by CPU kind, from same-process engine A/Bs
+# (benchmarks/engine_env_ab.py, SmolLM2-135M bf16 offline, 2 threads, quiet):
+#   AVX512-BF16, no AMX (AMD EPYC, 2026-12-02 06:13): 64-wide 1.14x (8/8 pairs);
+#   AVX2 only (AMD EPYC, 2026-12-02 16:46): 16-wide 1.06x (64.4 vs 68.6 tok/s, 3/4 pairs);
+#   AMX: IPEX's TPP GEMM runs AMX tiles and was never measured with wider blocks (no AMX
+#   machine was available since), so it keeps IPEX's own 16.
 # benchmarks/gemm_blocking.py measures it; VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK fixes it.
 WIDE_BLOCK_CHOICES = (64, 32, 16)  # the widest that divides the output channels
 IPEX_BLOCK = 16
@@ -59,16 +62,20 @@ def packed_block_choices() -> tuple[int, ...]:
     fixed = envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK
     if fixed:
         return (fixed,)
-    return (IPEX_BLOCK,) if device.cpu_has_amx() else WIDE_BLOCK_CHOICES
+    return WIDE_BLOCK_CHOICES if _wide_blocks_measured_faster() else (IPEX_BLOCK,)
+
+
+def _wide_blocks_measured_faster() -> bool:
+    return "avx512_bf16" in device.cpu_flags() and not device.cpu_has_amx()
 
 
 def packed_block_rule() -> str:
     """How the block width was chosen, for the load log line."""
     if envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK:
         return "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK"
-    if device.cpu_has_amx():
-        return "IPEX's 16 on an AMX CPU"
-    return "widest of 64/32/16 that divides, measured on CPUs without AMX"
+    if _wide_blocks_measured_faster():
+        return "widest of 64/32/16 that divides, measured faster with AVX512-BF16 and no AMX"
+    return "IPEX's 16 (AVX2-only or AMX CPU)"
 
 
 def packed_block_out(out_features: int) -> int:
