@@ -7,9 +7,9 @@ engine process, quiet and with busy neighbours, in one run, side by side.
 
 Each ``--candidate`` is ``LABEL:NAME=VALUE,NAME=VALUE`` (nothing after the colon: the
 shipped defaults); a NAME starting with ``--`` is an engine argument instead of an
-environment variable (``"fp32:--dtype=float32"``; the workload's default is bfloat16). Workload and method as ``benchmarks/wait_policy.py`` (SmolLM2-135M bf16,
-16 prompts x 128 tokens, greedy; median of ``--repeats`` timed generations after a
-warm-up); the candidates alternate within each round, ``--rounds`` times per condition,
+environment variable (``"fp32:--dtype=float32"``; the workload's default is bfloat16).
+Workload and method as ``benchmarks/wait_policy.py`` (SmolLM2-135M bf16, 16 prompts x 128
+tokens, greedy; median of ``--repeats`` timed generations after a warm-up); the candidates alternate within each round, ``--rounds`` times per condition,
 so a change in the machine's load hits every candidate. The first candidate is the
 baseline of the ratio column.
 

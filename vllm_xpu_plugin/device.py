@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from vllm_xpu_plugin import envs
+from vllm_xpu_plugin import envs, host_cpu
 
 # --------------------------------------------------------------------------- device
 
@@ -175,18 +175,9 @@ class _HostStream:
 # --------------------------------------------------------------------------- host CPU
 
 
-@functools.cache
-def cpu_flags() -> frozenset:
-    """The feature flags of the host's first CPU (/proc/cpuinfo; empty where unreadable).
-    CPU mode picks kernel settings by them (kernels/gemm.py: AMX or not)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
+# CPU mode picks kernel settings by the host CPU's flags (kernels/gemm.py: GEMM block width;
+# kernels/moe.py: bf16 expert layout). The reader is torch-free, shared with the doctor.
+cpu_flags = host_cpu.cpu_flags
 
 
 def cpu_has_amx() -> bool:

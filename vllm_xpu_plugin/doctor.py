@@ -202,14 +202,9 @@ class SystemProbe:
             return False
 
     def cpu_flags(self) -> set[str]:
-        try:
-            with open("/proc/cpuinfo") as cpuinfo:
-                for line in cpuinfo:
-                    if line.startswith("flags"):
-                        return set(line.split(":", 1)[1].split())
-        except OSError:
-            pass
-        return set()
+        from vllm_xpu_plugin import host_cpu
+
+        return set(host_cpu.cpu_flags())
 
     def plugin_env(self) -> PluginEnv:
         from vllm_xpu_plugin import envs

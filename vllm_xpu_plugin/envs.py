@@ -51,9 +51,8 @@ def _cpu_gemm_max_rows():
 def _cpu_gemm_block():
     # CPU mode: output channels per block of the prepacked GEMM weights. Unset or "auto":
     # with AVX512-BF16 and no AMX the widest of 64 / 32 / 16 that divides a layer's output
-    # channels, else
-    # IPEX's 16 (kernels/gemm.py);
-    # 16, 32 or 64 fixes it (a layer it does not divide gets 16).
+    # channels, else IPEX's 16 (kernels/gemm.py); 16, 32 or 64 fixes it (a layer it does
+    # not divide gets 16).
     raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", "").strip().lower()
     if raw in ("", "auto"):
         return None

@@ -56,32 +56,27 @@ IPEX_BLOCK = 16
 _PACKED_BLOCK_IN = 64  # input channels per block (IPEX's own choice)
 
 
-def packed_block_choices() -> tuple[int, ...]:
-    """Output-channel block widths to try, widest first (VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK, or
-    the rule above for this machine's CPU)."""
+def _block_rule() -> tuple[tuple[int, ...], str]:
+    """(output-channel block widths to try, widest first; why) on this machine:
+    VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK, or the rule above for its CPU kind."""
     fixed = envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK
     if fixed:
-        return (fixed,)
-    return WIDE_BLOCK_CHOICES if _wide_blocks_measured_faster() else (IPEX_BLOCK,)
-
-
-def _wide_blocks_measured_faster() -> bool:
-    return "avx512_bf16" in device.cpu_flags() and not device.cpu_has_amx()
+        return (fixed,), "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK"
+    if device.cpu_has_bf16_instructions() and not device.cpu_has_amx():
+        return (WIDE_BLOCK_CHOICES,
+                "widest of 64/32/16 that divides, measured faster with AVX512-BF16 and no AMX")
+    return (IPEX_BLOCK,), "IPEX's 16 (AVX2-only or AMX CPU)"
 
 
 def packed_block_rule() -> str:
     """How the block width was chosen, for the load log line."""
-    if envs.VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK:
-        return "VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK"
-    if _wide_blocks_measured_faster():
-        return "widest of 64/32/16 that divides, measured faster with AVX512-BF16 and no AMX"
-    return "IPEX's 16 (AVX2-only or AMX CPU)"
+    return _block_rule()[1]
 
 
 def packed_block_out(out_features: int) -> int:
-    """Output channels per block for this many output channels: the first of
-    :func:`packed_block_choices` that divides them, else IPEX's 16."""
-    for block in packed_block_choices():
+    """Output channels per block for this many output channels: the first width of the
+    rule that divides them, else IPEX's 16."""
+    for block in _block_rule()[0]:
         if out_features % block == 0:
             return block
     return IPEX_BLOCK
