@@ -14,7 +14,8 @@ forward, and the host overhead = step - forward, split into:
 
 Floor of a decode step at batch B (issue 7), with ceilings measured in this run: the larger
 of (weight bytes read per step / STREAM-copy bandwidth) and (model FLOPs / the FLOP/s
-``F.linear`` reaches on the model's own weight shapes at 1024 tokens). A decode step also
+the faster of ``F.linear`` and the prepacked TPP GEMM reaches on each of the model's own
+weight shapes at 1024 tokens). A decode step also
 reads every sequence's KV cache, which the issue's floor leaves out; "floor+KV" adds those
 bytes (B x mean context x layers x 2 x KV heads x head size x element size). Also printed:
 the time the same GEMMs take alone at B rows, no model around them: torch's F.linear
@@ -22,7 +23,8 @@ the time the same GEMMs take alone at B rows, no model around them: torch's F.li
 much of the floor the GEMMs alone already use.
 
 ``--op-profile N`` (default 8): afterwards, torch.profiler (CPU, record_shapes) over N steady
-decode steps at the largest batch; prints the top ops by self CPU time per step.
+decode steps at the largest batch (``--op-profile-batch B``: at B); prints the top ops by
+self CPU time per step.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="runs per (variant, batch), interleaved (default 1; 2 with --ab-prepack)")
     ap.add_argument("--op-profile", type=int, default=8, metavar="N",
                     help="profile N decode steps at the largest batch op by op (0: off)")
+    ap.add_argument("--op-profile-batch", type=int, default=None, metavar="B",
+                    help="profile at this batch instead of the largest")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
     args = ap.parse_args(argv)
@@ -76,26 +80,31 @@ def _median(values):
 
 
 def summarize(records: list[dict], batch: int) -> dict:
-    """Medians over the steady decode steps (every request decoding one token)."""
+    """Medians over the steady decode steps (every request decoding one token).
+
+    Every derived interval (host overhead, the runner's untimed rest, ...) is computed per
+    step first and its median taken after: a difference of two medians mixes different
+    steps, and next to a forward that varies by milliseconds it is off by as much (it went
+    negative for the peer's untimed rest in session 6).
+    """
     steps = []
     for cur, nxt in zip(records, records[1:], strict=False):
         if cur["num_reqs"] == batch and cur["num_tokens"] == batch:
-            steps.append(dict(step=nxt["start"] - cur["start"], execute=cur["end"] - cur["start"],
-                              forward=cur["forward"], sample=cur["sample"],
-                              prep=cur.get("prep", 0.0), bookkeep=cur.get("bookkeep", 0.0),
-                              schedule=cur.get("schedule", math.nan),
-                              update=cur.get("update", math.nan)))
+            s = dict(step=nxt["start"] - cur["start"], execute=cur["end"] - cur["start"],
+                     forward=cur["forward"], sample=cur["sample"],
+                     prep=cur.get("prep", 0.0), bookkeep=cur.get("bookkeep", 0.0),
+                     schedule=cur.get("schedule", math.nan),
+                     update=cur.get("update", math.nan))
+            s["runner_other"] = (s["execute"] - s["forward"] - s["sample"] - s["prep"]
+                                 - s["bookkeep"])
+            s["outside_runner"] = s["step"] - s["execute"]
+            # Outside the runner and the scheduler: engine-core loop, output queue, messaging.
+            s["outside_other"] = s["outside_runner"] - s["schedule"] - s["update"]
+            s["host_overhead"] = s["step"] - s["forward"]
+            steps.append(s)
     if not steps:
         raise RuntimeError(f"no steady decode steps at batch {batch} were recorded")
-    out = {k: _median([s[k] for s in steps])
-           for k in ("step", "execute", "forward", "sample", "prep", "bookkeep", "schedule",
-                     "update")}
-    out["runner_other"] = (out["execute"] - out["forward"] - out["sample"] - out["prep"]
-                           - out["bookkeep"])
-    out["outside_runner"] = out["step"] - out["execute"]
-    # Outside the runner and the scheduler: engine-core loop, output queue, messaging.
-    out["outside_other"] = out["outside_runner"] - out["schedule"] - out["update"]
-    out["host_overhead"] = out["step"] - out["forward"]
+    out = {k: _median([s[k] for s in steps]) for k in steps[0]}
     out["decode_steps"] = len(steps)
     out["all_steps"] = len(records)
     return out
@@ -147,11 +156,31 @@ def model_costs(weights: list[dict], config: dict, batch: int, context: float):
     return total_bytes, linear_flops, attn_flops, gemm_shapes
 
 
-def gemm_rates(shapes, dtype, tokens: int, rounds: int) -> dict:
-    from benchmarks import roofline
+def gemm_rates_by_path(shapes, dtype, tokens: int, rounds: int) -> dict:
+    """{(in, out): (torch F.linear FLOP/s, prepacked TPP FLOP/s or 0 if it does not take
+    the shape)} at ``tokens`` rows. The compute floor takes the faster: torch's alone is no
+    ceiling where it has no vector path for the dtype (bf16 on AVX2-only CPUs, 0.01 TFLOP/s,
+    2026-12-02), which made the floor meaningless there."""
+    import torch
 
-    return {s: roofline.matmul_flops([s], dtype, tokens=tokens, rounds=rounds)
-            for s in sorted(set(shapes))}
+    from benchmarks import roofline
+    from vllm_xpu_plugin.kernels import gemm
+
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for k, n in sorted(set(shapes)):
+        torch_rate = roofline.matmul_flops([(k, n)], dtype, tokens=tokens, rounds=rounds)
+        packed = gemm.cpu_pack_linear_weight(
+            (torch.randn(n, k, generator=gen) * 0.02).to(dtype))
+        packed_rate = 0.0
+        if packed is not None:
+            x = torch.randn(tokens, k, generator=gen).to(dtype)
+            seconds = _common.compare(
+                {"tpp": lambda x=x, p=packed, n=n: torch.ops.torch_ipex.tpp_linear(x, p, n)},
+                rounds=rounds, min_round_s=0.0, warmup=1)["tpp"]
+            packed_rate = 2 * tokens * k * n / seconds
+        out[(k, n)] = (torch_rate, packed_rate)
+    return out
 
 
 def gemms_alone(shapes, dtype, batch: int, rounds: int) -> tuple[float, float]:
@@ -300,15 +329,16 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
                   f"forward {summary['forward'] * 1e3:.1f} ms", flush=True)
     llm.collective_rpc("set_prepacked_gemms", args=(True,))
     profile = None
+    profile_batch = args.op_profile_batch or max(args.batches)
     if args.op_profile > 0:
-        batch = max(args.batches)
+        batch = profile_batch
         llm.collective_rpc("profile_decode_steps", args=(batch, args.op_profile))
         llm.generate(prompts(batch), SamplingParams(temperature=0.0, max_tokens=min(
             args.output_len, args.op_profile + 4), ignore_eos=True), use_tqdm=False)
         profile = llm.collective_rpc("get_profile")[0]
     peer_profile = None
     if peer is not None and args.op_profile > 0:
-        peer_profile = peer.call("profile", batch=max(args.batches), steps=args.op_profile,
+        peer_profile = peer.call("profile", batch=profile_batch, steps=args.op_profile,
                                  input_len=args.input_len)
     runs = {key: {k: _median([r[k] for r in rs]) for k in rs[0]}
             for key, rs in per_round.items()}
@@ -322,7 +352,9 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
     rounds = 2 if args.quick else 3
     bandwidth = roofline.copy_bandwidth(args.stream_mib, rounds=rounds + 2)
     _, _, _, shapes = model_costs(weights, config, 1, 1)
-    rates = gemm_rates(shapes, dtype, tokens=128 if args.quick else 1024, rounds=rounds)
+    rates_by_path = gemm_rates_by_path(shapes, dtype, tokens=128 if args.quick else 1024,
+                                       rounds=rounds)
+    rates = {s: max(r) for s, r in rates_by_path.items()}
 
     rows, results, alone_cache = [], {}, {}
     context = args.input_len + args.output_len / 2
@@ -352,9 +384,14 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
                      alone * ms, alone_packed * ms, r["step_over_floor"],
                      r["step_over_floor_with_kv"],
                      batch / s["step"]])
+    torch_rates = [r[0] for r in rates_by_path.values()]
+    packed_rates = [r[1] for r in rates_by_path.values() if r[1]]
     print(f"\nbandwidth (STREAM copy) {bandwidth / 1e9:.1f} GB/s; {args.dtype} GEMM on the "
           f"model's shapes: {min(rates.values()) / 1e12:.2f}-{max(rates.values()) / 1e12:.2f}"
-          " TFLOP/s")
+          f" TFLOP/s, the faster of torch's F.linear ({min(torch_rates) / 1e12:.2f}-"
+          f"{max(torch_rates) / 1e12:.2f}) and prepacked TPP ("
+          + (f"{min(packed_rates) / 1e12:.2f}-{max(packed_rates) / 1e12:.2f})"
+             if packed_rates else "none)"))
     print(_common.format_table(
         ["variant", "batch", "step ms", "forward", "host ovh", "ovh %", "prep+bk", "sample",
          "outside", "floor ms", "floor+KV", "GEMMs", "packed", "step/floor", "step/floor+KV",
@@ -367,7 +404,7 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
                   f" faster (forward {b['forward'] / a['forward']:.2f}x) than torch's F.linear")
     print("host ovh = step - forward = prep+bk (runner: inputs, bookkeeping) + sample + "
           "outside (scheduler, output processing, messaging). floor = max(weight bytes / "
-          "bandwidth, FLOPs / GEMM FLOP/s); GEMMs / packed = the model's GEMMs alone at that "
+          "bandwidth, FLOPs / best GEMM FLOP/s); GEMMs / packed = the model's GEMMs alone at that "
           "batch with F.linear / with the product's prepacked path.")
     if profile:
         table, ops_by_name = op_table(profile)
@@ -404,6 +441,8 @@ def _main(args, model, info, config, dtype, engine_args, peer) -> int:
     _common.save_json(dict(machine=info, args=vars(args), model=str(model),
                            bandwidth_bytes_per_s=bandwidth,
                            gemm_flops_per_s={f"{k}x{n}": v for (k, n), v in rates.items()},
+                           gemm_flops_per_s_torch_tpp={f"{k}x{n}": v for (k, n), v
+                                                       in rates_by_path.items()},
                            batches=results, op_profile=profile,
                            peer=dict(info=peer_info, batches={str(b): r for b, r in
                                                               peer_runs.items()},
