@@ -33,22 +33,18 @@ def pin_threads(threads: int, wait_policy: str = "auto") -> int:
     imported, OMP reads the variable once) and return it.
 
     ``wait_policy``: OMP_WAIT_POLICY for every process of the run. ``auto`` keeps the
-    caller's setting, else picks PASSIVE when the machine is already busy (1-min load
-    average >= its CPU count): spinning OMP workers that share cores with other
-    processes stall each parallel region until the scheduler runs them again -- measured
-    here under load 14 on 2 CPUs: a 64x256 RMSNorm took 33 ms with 2 spinning threads,
-    0.28 ms with PASSIVE. On an idle machine ACTIVE (spinning) is the faster choice.
+    caller's setting and otherwise sets nothing, so that the engine runs its shipped
+    default (CPU mode: the spin governor, which a set OMP_WAIT_POLICY turns off). Until
+    2026-12-03 ``auto`` set PASSIVE when the 1-min load average reached the CPU count,
+    which made "shipped defaults" runs on a loaded machine measure PASSIVE instead.
     """
     if threads <= 0:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    if wait_policy == "auto":
-        if "OMP_WAIT_POLICY" not in os.environ and _machine_busy():
-            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    elif wait_policy in ("active", "passive"):
+    if wait_policy in ("active", "passive"):
         os.environ["OMP_WAIT_POLICY"] = wait_policy.upper()
-    else:
+    elif wait_policy != "auto":
         raise ValueError(f"--omp-wait-policy {wait_policy!r}: use auto, active or passive")
     if "torch" in sys.modules:
         import torch
@@ -57,18 +53,11 @@ def pin_threads(threads: int, wait_policy: str = "auto") -> int:
     return threads
 
 
-def _machine_busy() -> bool:
-    try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:
-        return False
-
-
 def add_thread_args(ap) -> None:
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                     help="OMP/torch threads of every process of the run (default 2)")
     ap.add_argument("--omp-wait-policy", default="auto", choices=["auto", "active", "passive"],
-                    help="auto: keep OMP_WAIT_POLICY if set, else PASSIVE on a busy machine")
+                    help="auto (default): keep OMP_WAIT_POLICY if set, else the shipped default")
 
 
 def ensure_cpu_mode() -> None:

@@ -521,3 +521,20 @@ def test_env_ab_candidates_split_engine_arguments_from_environment():
     finally:
         del os.environ["BENCH_ENGINE_ARGS"]
     assert args["dtype"] == "float32" and args["max_model_len"] == 512
+
+
+def test_benchmarks_keep_the_shipped_wait_policy_on_a_busy_machine(monkeypatch):
+    """``--omp-wait-policy auto`` measures what ships: on a loaded machine it used to set
+    OMP_WAIT_POLICY=PASSIVE for every process, which turns the engine's spin governor off
+    (a user's OMP_WAIT_POLICY wins over it), so "shipped defaults" runs were not."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, "2"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (14.0, 14.0, 14.0))
+    _common.pin_threads(2, "auto")
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    _common.pin_threads(2, "auto")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    _common.pin_threads(2, "passive")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
