@@ -79,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="extra argument for the plugin's vllm serve (repeatable)")
     ap.add_argument("--peer-server-arg", action="append", default=[],
                     help="extra argument for the peer's vllm serve (repeatable)")
+    ap.add_argument("--plugin-variant", action="append", default=[], type=plugin_variant,
+                    metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+                    help="one more plugin side with these environment variables on top of "
+                         "the shipped defaults, interleaved with the others in every round "
+                         "(an A/B of a default against the same minute of the machine; "
+                         "repeatable), e.g. 'full spin:GOMP_SPINCOUNT=300000'")
     ap.add_argument("--port-range", type=_common.port_range, default="18200-18299")
     ap.add_argument("--out-dir", type=Path, default=_common.RESULTS_DIR)
     ap.add_argument("--tag", default="serving", help="file name stem of the JSON/PNG")
@@ -87,6 +93,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     if isinstance(args.port_range, str):
         args.port_range = _common.port_range(args.port_range)
     return args
+
+
+def plugin_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:VAR=VALUE[,VAR=VALUE]`` -> (side name, environment on top of the plugin's)."""
+    name, sep, assignments = text.partition(":")
+    env = {}
+    for item in filter(None, assignments.split(",")):
+        var, eq, value = item.partition("=")
+        if not eq or not var.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not VAR=VALUE")
+        env[var.strip()] = value
+    if not sep or not name.strip() or not env:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME:VAR=VALUE[,VAR=VALUE]")
+    return f"{PLUGIN} ({name.strip()})", env
+
+
+def is_plugin_side(name: str) -> bool:
+    return name == PLUGIN or name.startswith(f"{PLUGIN} (")
 
 
 # --------------------------------------------------------------------------- servers
@@ -374,7 +398,9 @@ def run_served(args, model: Path, sides: dict, hf, work: Path) -> dict:
     top = max(args.concurrency)
     common = ["--dtype", args.dtype, "--max-model-len", str(args.input_len + args.output_len + 64),
               "--max-num-seqs", str(top), "--seed", str(args.seed)]
-    extra = {PLUGIN: ["--device", "cpu", *args.server_arg], PEER: args.peer_server_arg}
+    plugin_extra = ["--device", "cpu", *args.server_arg]
+    extra = {name: plugin_extra if is_plugin_side(name) else args.peer_server_arg
+             for name in sides}
     servers = {}
     served: dict[int, dict[str, list[dict]]] = {}
     try:
@@ -428,6 +454,10 @@ def main(argv=None) -> int:
           f"{args.rounds} rounds\n# {_common.describe_machine(info)}\n# start: "
           f"{_common.uptime()}", flush=True)
     sides = {PLUGIN: peer_setup.plugin_side()}
+    for name, env in args.plugin_variant:
+        side = peer_setup.plugin_side()
+        side.name, side.env = name, {**side.env, **env}
+        sides[name] = side
     venv = peer_setup.ensure_peer(args)
     if venv is not None:
         sides[PEER] = peer_setup.peer_side(venv, peer_setup.stage_peer_modules())

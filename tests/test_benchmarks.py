@@ -538,3 +538,28 @@ def test_benchmarks_keep_the_shipped_wait_policy_on_a_busy_machine(monkeypatch):
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     _common.pin_threads(2, "passive")
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_plugin_variant_sides_parse_and_compare_with_the_default():
+    import argparse
+
+    from benchmarks import serving
+
+    name, env = serving.plugin_variant("full spin:GOMP_SPINCOUNT=300000,FOO=a=b")
+    assert (name, env) == ("plugin (full spin)", {"GOMP_SPINCOUNT": "300000", "FOO": "a=b"})
+    assert serving.is_plugin_side(name) and not serving.is_plugin_side(serving.PEER)
+    for bad in ("nospec", "x:", ":A=1", "x:A"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            serving.plugin_variant(bad)
+    args = serving.parse_args(["--plugin-variant", "p:OMP_WAIT_POLICY=PASSIVE"])
+    assert args.plugin_variant == [("plugin (p)", {"OMP_WAIT_POLICY": "PASSIVE"})]
+
+    def m(tok_s):
+        return {k: 1.0 for k in serving.METRICS} | {"output_throughput": tok_s}
+
+    served = {16: {serving.PLUGIN: [m(200)], name: [m(250)], serving.PEER: [m(100)]}}
+    rows, s = serving.served_rows(served, {})
+    ratio_rows = {r[0]: r[2] for r in rows if r[0].startswith("  plugin/")}
+    assert ratio_rows == {f"  plugin/{name}": pytest.approx(0.8),
+                          f"  plugin/{serving.PEER}": pytest.approx(2.0)}
+    assert s[16]["plugin_vs_peer"] == pytest.approx(2.0)
