@@ -304,14 +304,20 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         return output
 
     def _decode_on_single_query(self, query: torch.Tensor, key_cache: torch.Tensor) -> bool:
-        # Decided once per layer (the setting or the per-machine measurement does not change
-        # while the engine runs), not re-read on every layer of every decode step.
-        if self._decode_kernel is None:
-            self._decode_kernel = "varlen" if not self._single_query_possible else (
-                attention_kernels.decode_kernel(
-                    self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
-                    device.kv_cache_block_size(key_cache)))
-        return self._decode_kernel == "single_query"
+        # Kept per layer once settled (the setting, or a measurement on a quiet machine,
+        # does not change while the engine runs), not re-read on every layer of every
+        # decode step; asked again while a measurement taken under load is provisional.
+        if self._decode_kernel is not None:
+            return self._decode_kernel == "single_query"
+        if not self._single_query_possible:
+            self._decode_kernel = "varlen"
+            return False
+        kernel, settled = attention_kernels.decode_kernel(
+            self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
+            device.kv_cache_block_size(key_cache))
+        if settled:
+            self._decode_kernel = kernel
+        return kernel == "single_query"
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (key_cache, value_cache) of this layer's cache, split once instead of per step.

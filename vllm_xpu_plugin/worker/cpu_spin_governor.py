@@ -23,7 +23,8 @@ it by letting that thread exit. No libgomp internals are touched.
 
 The signal, sampled at most once per ``interval_s`` from the engine's step loop: the CPU
 time other processes used (``/proc/stat`` busy time minus the time of this process and its
-parent -- the API server or the offline driver, see ``deployment_busy_seconds``), in cores. At or above ``busy_cores`` the threads yield; below
+parent -- the API server or the offline driver, ``host_cpu.deployment_busy_seconds``: their
+work is the engine's own), in cores. At or above ``busy_cores`` the threads yield; below
 ``quiet_cores`` they spin again (hysteresis in between, so a brief burst does not flip it).
 """
 
@@ -35,48 +36,10 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
+from vllm_xpu_plugin.host_cpu import deployment_busy_seconds, machine_busy_seconds
 from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds(path: str = "/proc/stat") -> float:
-    """CPU seconds all processes of this machine spent busy (user, nice, system, irq,
-    softirq; not idle, iowait or the hypervisor's steal)."""
-    with open(path) as f:
-        fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
-
-
-def own_busy_seconds(path: str = "/proc/self/stat") -> float:
-    """CPU seconds (user + system) of this process, all its threads."""
-    with open(path) as f:
-        after_name = f.read().rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
-
-
-def deployment_busy_seconds() -> float:
-    """CPU seconds of this engine's own deployment: this process and its parent.
-
-    The parent is the API server under ``vllm serve`` and the driver of an offline ``LLM``;
-    both wake when the engine does (detokenizing, streaming, scheduling the next call), so
-    their CPU use is the engine's own work, not a neighbour's. Counted as a neighbour it
-    made the governor yield through a whole served benchmark, 1.19x slower than spinning
-    (docs/performance.md, 2026-12-03). Nothing further up is counted: a harness or a
-    user's program that starts the engine may run real competitors of its own.
-    """
-    total = own_busy_seconds()
-    parent = os.getppid()
-    if parent > 1:  # 1 (or 0): orphaned or a container's init, not a vLLM process
-        try:
-            total += own_busy_seconds(f"/proc/{parent}/stat")
-        except OSError:  # the parent exited between getppid() and the read
-            pass
-    return total
-
 
 class _ParkedTeam:
     """A thread owning an idle OpenMP team of ``size`` threads (all asleep) until stopped."""

@@ -20,7 +20,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 from vllm.v1.utils import CpuGpuBuffer
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from vllm_xpu_plugin import device, envs, structured_output
+from vllm_xpu_plugin import device, envs, host_cpu, structured_output
 from vllm_xpu_plugin.compilation import traceable_ops
 from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
@@ -152,8 +152,27 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
     """Give every unquantized linear layer and LM head a weight blocked for IPEX's CPU
     GEMM (CPU mode). Decode-step GEMMs of SmolLM2-135M bf16 at 16 sequences: 2.7x faster
     (benchmarks/, measured A/B). Costs one extra copy of those weights in host memory."""
-    packed = 0
     start = time.perf_counter()
+    with host_cpu.OtherProcessesLoad() as load:
+        packed = _prepack_modules(model)
+    chosen = gemm.chosen_max_rows()
+    how = ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS" if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is not None
+           else "measured on this machine")
+    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM (output blocks: %s) "
+                "up to a row count per shape (%s, %.2f s): %s", packed, gemm.packed_block_rule(),
+                how, time.perf_counter() - start,
+                ", ".join(f"{o}x{i} <= {rows}" for (o, i, _), rows in sorted(chosen.items())))
+    if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is None and load.cores >= 0.25:
+        # Not measured again later, unlike the decode-attention choice: it takes seconds.
+        # Decode batches stay on the prepacked GEMM either way (every shape keeps it up to
+        # 64 rows); prefill chunks may take the slower path.
+        logger.warning("CPU mode: other processes used %.2f cores while the GEMM row counts "
+                       "were measured, so they may be off for a quiet machine; "
+                       "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS fixes them", load.cores)
+
+
+def _prepack_modules(model: torch.nn.Module) -> int:
+    packed = 0
     for module in model.modules():
         method = getattr(module, "quant_method", None)
         weight = getattr(module, "weight", None)
@@ -174,10 +193,4 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
         else:
             module.quant_method = _PackedLMHeadMethod(blocked)
         packed += 1
-    chosen = gemm.chosen_max_rows()
-    how = ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS" if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is not None
-           else "measured on this machine")
-    logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM (output blocks: %s) "
-                "up to a row count per shape (%s, %.2f s): %s", packed, gemm.packed_block_rule(),
-                how, time.perf_counter() - start,
-                ", ".join(f"{o}x{i} <= {rows}" for (o, i, _), rows in sorted(chosen.items())))
+    return packed
