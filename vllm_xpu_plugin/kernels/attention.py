@@ -278,9 +278,10 @@ def _measure_decision(key: tuple, previous: DecodeKernelDecision | None
         logger.info("%s (measured in %.2f s; VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION fixes it)",
                     what, time.perf_counter() - start)
     elif not decision.settled:
-        logger.info("%s for now: other processes used %.2f cores while it was measured; "
-                    "measuring again in %.0f s (try %d of %d)", what, load.cores,
-                    _DECODE_RETRY_S, measurements, _DECODE_MAX_MEASUREMENTS)
+        logger.info("%s for now: other processes used %.2f cores during measurement %d of "
+                    "at most %d (%.2f in the quietest, whose timings these are); measuring "
+                    "again in %.0f s", what, load.cores, measurements,
+                    _DECODE_MAX_MEASUREMENTS, others, _DECODE_RETRY_S)
     else:
         logger.warning("%s: other processes used >= %.2f cores in each of %d measurements, "
                        "so this choice may be wrong for a quiet machine; "
