@@ -201,8 +201,10 @@ def attention_cases(args, dtype) -> list[Case]:
                       decode.plugin, decode.reference, decode.check, decode.bytes(),
                       decode.flops()))
     if decode.device.is_cpu_mode():
-        # Not the backend's path (it uses the varlen kernel for every batch): IPEX's
-        # single-query decode kernel on the same batch, to show what it would give.
+        # IPEX's single-query decode kernel called directly on the same batch. The row
+        # above is the backend's path, which takes whichever decode kernel the engine
+        # measured faster on this machine (kernels/attention.py), so on a machine where
+        # that is single-query the two rows time the same kernel.
         cases.append(Case("attn decode, IPEX single-query kernel (alt.)", cases[0].shape,
                           decode.single_query, decode.reference,
                           lambda: _max_err(decode.single_query().clone(), decode.reference()),
