@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 
 
 @functools.cache
@@ -65,6 +66,33 @@ def deployment_busy_seconds() -> float:
     return total
 
 
+# Below this, other processes leave the cores to the engine: the spin governor spins again,
+# and a load-time kernel timing is trusted.
+QUIET_OTHERS_CORES = 0.25
+
+
+class OtherProcessesMeter:
+    """Other processes' CPU use (the machine's busy time minus this deployment's) between
+    readings, in cores. The readers and clock are injectable (tests drive them); the
+    constructor's first reading raises OSError where /proc cannot be read."""
+
+    def __init__(self, read_machine: Callable[[], float] = machine_busy_seconds,
+                 read_own: Callable[[], float] = deployment_busy_seconds,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read_machine, self._read_own, self._clock = read_machine, read_own, clock
+        self._last = (clock(), read_machine(), read_own())
+
+    def seconds_since_last(self) -> float:
+        return self._clock() - self._last[0]
+
+    def cores_since_last(self) -> float:
+        """Other processes' cores since the previous reading; this becomes the previous."""
+        now, machine, own = self._clock(), self._read_machine(), self._read_own()
+        then, machine0, own0 = self._last
+        self._last = (now, machine, own)
+        return max(0.0, (machine - machine0) - (own - own0)) / max(now - then, 1e-3)
+
+
 class OtherProcessesLoad:
     """``with OtherProcessesLoad() as load: ...`` -- afterwards ``load.cores`` is the CPU
     other processes (not this one or its parent) used meanwhile, in cores; 0.0 where /proc
@@ -72,22 +100,19 @@ class OtherProcessesLoad:
 
     def __init__(self) -> None:
         self.cores = 0.0
-        self._start: tuple[float, float, float] | None = None
+        self._meter: OtherProcessesMeter | None = None
 
     def __enter__(self) -> OtherProcessesLoad:
         try:
-            self._start = (time.monotonic(), machine_busy_seconds(), deployment_busy_seconds())
+            self._meter = OtherProcessesMeter()
         except OSError:
-            self._start = None
+            self._meter = None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._start is None:
+        if self._meter is None:
             return
         try:
-            machine, own = machine_busy_seconds(), deployment_busy_seconds()
+            self.cores = self._meter.cores_since_last()
         except OSError:
-            return
-        then, machine0, own0 = self._start
-        elapsed = max(time.monotonic() - then, 1e-3)
-        self.cores = max(0.0, (machine - machine0) - (own - own0)) / elapsed
+            pass

@@ -145,7 +145,7 @@ _DECODE_TUNE_SEQS, _DECODE_TUNE_CONTEXT, _DECODE_TUNE_REPEATS = 16, 512, 3
 # At least this long, so that the other processes' CPU time (10 ms ticks) is resolved to
 # ~0.05 cores; a quiet measurement takes ~0.05 s of calls otherwise.
 _DECODE_TUNE_MIN_S = 0.2
-_DECODE_QUIET_CORES = 0.25  # the spin governor's "quiet" (worker/cpu_spin_governor.py)
+_DECODE_QUIET_CORES = host_cpu.QUIET_OTHERS_CORES
 _DECODE_RETRY_S = 5.0
 _DECODE_MAX_MEASUREMENTS = 6
 

@@ -36,7 +36,12 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from vllm_xpu_plugin.host_cpu import deployment_busy_seconds, machine_busy_seconds
+from vllm_xpu_plugin.host_cpu import (
+    QUIET_OTHERS_CORES,
+    OtherProcessesMeter,
+    deployment_busy_seconds,
+    machine_busy_seconds,
+)
 from vllm_xpu_plugin.log import init_logger
 
 logger = init_logger(__name__)
@@ -73,7 +78,7 @@ class SpinGovernor:
     """Decides, from other processes' CPU use, whether the engine's OpenMP threads spin."""
 
     def __init__(self, *, interval_s: float = 1.0, busy_cores: float = 0.5,
-                 quiet_cores: float = 0.25,
+                 quiet_cores: float = QUIET_OTHERS_CORES,
                  read_machine: Callable[[], float] = machine_busy_seconds,
                  read_own: Callable[[], float] = deployment_busy_seconds,
                  clock: Callable[[], float] = time.monotonic,
@@ -81,10 +86,9 @@ class SpinGovernor:
         self.interval_s = interval_s
         self.busy_cores = busy_cores
         self.quiet_cores = quiet_cores
-        self._read_machine, self._read_own, self._clock = read_machine, read_own, clock
         self._cpus = cpus or len(os.sched_getaffinity(0))
         self._parked: Optional[_ParkedTeam] = None
-        self._last = (self._clock(), self._read_machine(), self._read_own())
+        self._others = OtherProcessesMeter(read_machine, read_own, clock)
         self.others_cores = 0.0
         self.switches = 0
 
@@ -94,13 +98,9 @@ class SpinGovernor:
 
     def tick(self) -> None:
         """Called once per engine step; reads /proc at most once per interval."""
-        now = self._clock()
-        if now - self._last[0] < self.interval_s:
+        if self._others.seconds_since_last() < self.interval_s:
             return
-        machine, own = self._read_machine(), self._read_own()
-        then, machine0, own0 = self._last
-        self._last = (now, machine, own)
-        self.others_cores = max(0.0, (machine - machine0) - (own - own0)) / (now - then)
+        self.others_cores = self._others.cores_since_last()
         if not self.yielding and self.others_cores >= self.busy_cores:
             self._set_yielding(True)
         elif self.yielding and self.others_cores < self.quiet_cores:

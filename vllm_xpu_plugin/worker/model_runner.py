@@ -156,13 +156,13 @@ def _prepack_cpu_gemm_weights(model: torch.nn.Module) -> None:
     with host_cpu.OtherProcessesLoad() as load:
         packed = _prepack_modules(model)
     chosen = gemm.chosen_max_rows()
-    how = ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS" if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is not None
-           else "measured on this machine")
+    measured = envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is None
+    how = "measured on this machine" if measured else "VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS"
     logger.info("CPU mode: %d linear layers use IPEX's prepacked GEMM (output blocks: %s) "
                 "up to a row count per shape (%s, %.2f s): %s", packed, gemm.packed_block_rule(),
                 how, time.perf_counter() - start,
                 ", ".join(f"{o}x{i} <= {rows}" for (o, i, _), rows in sorted(chosen.items())))
-    if envs.VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS is None and load.cores >= 0.25:
+    if measured and load.cores >= host_cpu.QUIET_OTHERS_CORES:
         # Not measured again later, unlike the decode-attention choice: it takes seconds.
         # Decode batches stay on the prepacked GEMM either way (every shape keeps it up to
         # 64 rows); prefill chunks may take the slower path.
