@@ -14,6 +14,7 @@ runs on the host in fp32.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -512,7 +513,7 @@ def test_decode_kernel_is_measured_once_per_head_configuration(monkeypatch):
 
 
 @pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
-@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_decode_kernel_measured_while_a_neighbour_runs_is_measured_again_when_quiet(
         monkeypatch):
     # Four engines starting at once on 2 cores: one measured varlen 7.8 ms vs single-query

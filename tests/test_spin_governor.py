@@ -17,6 +17,11 @@ from vllm_xpu_plugin import host_cpu
 from vllm_xpu_plugin.worker import cpu_spin_governor as gov
 
 
+def _env_without_wait_policy():
+    """This environment without the variables that turn the governor off."""
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+
 class _FakeMachine:
     """/proc readers and a clock the test drives: ``advance(seconds, others, own)``."""
 
@@ -127,7 +132,7 @@ print("RESULT", json.dumps(dict(spinning=spinning, yielding=yielding,
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for a team")
 def test_parked_team_makes_libgomp_workers_sleep_and_its_end_makes_them_spin_again():
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = _env_without_wait_policy()
     env["OMP_NUM_THREADS"] = "2"
     proc = subprocess.run([sys.executable, "-c", _MECHANISM], env=env, capture_output=True,
                           text=True, timeout=300)
@@ -168,7 +173,7 @@ g.close()
 
 
 def _start_watching_governor():
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = _env_without_wait_policy()
     proc = subprocess.Popen([sys.executable, "-c", _GOVERNOR_WATCHING], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -199,7 +204,8 @@ def test_the_engines_parent_is_its_own_work_and_a_sibling_is_a_neighbour():
             pass
         parent_burning = _result(proc)
     finally:
-        proc.kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            proc.kill()
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         proc = _start_watching_governor()
