@@ -400,36 +400,42 @@ DECODE_BATCH = tuple(Request(context_len=c, query_len=1) for c in (0, 15, 16, 37
 @pytest.fixture
 def decode_kernel_calls(monkeypatch):
     """Fix the decode kernel (as VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION does) and count the
-    single-query kernel's calls."""
+    calls (batch rows) of the kernel asked for: the single-query or the native one."""
     from vllm_xpu_plugin.kernels import attention as attention_kernels
 
-    calls = []
-    real = attention_kernels.paged_attention_single_query
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(attention_kernels, "paged_attention_single_query", counting)
-
     def use(kernel):
+        calls = []
+        name = ("paged_attention_native" if kernel == "native"
+                else "paged_attention_single_query")
+        real = getattr(attention_kernels, name)
+
+        def counting(*args, **kwargs):
+            calls.append(args[1].shape[0])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(attention_kernels, name, counting)
         monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", kernel)
         return calls
     return use
 
 
 @pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
-@pytest.mark.parametrize("kernel", ["varlen", "single_query"])
+@pytest.mark.parametrize("kernel", ["varlen", "single_query", "native"])
 @pytest.mark.parametrize("block_size,dtype,heads,head_size", [
     (16, torch.float32, (8, 2), 64), (64, torch.bfloat16, (8, 2), 64),
     (32, torch.float16, (8, 1), 80), (64, torch.bfloat16, (32, 8), 128),
-    (16, torch.bfloat16, (4, 4), 256), (128, torch.bfloat16, (9, 3), 96)])
+    (16, torch.bfloat16, (4, 4), 256), (128, torch.bfloat16, (9, 3), 96),
+    (32, torch.bfloat16, (8, 1), 80)])
 def test_decode_only_batch_on_each_decode_kernel(decode_kernel_calls, kernel, block_size,
                                                  dtype, heads, head_size):
     calls = decode_kernel_calls(kernel)
     check_step(make_batch(requests=DECODE_BATCH, block_size=block_size, num_heads=heads[0],
                           num_kv_heads=heads[1], dtype=dtype, seed=11, head_size=head_size))
-    assert calls == ([len(DECODE_BATCH)] if kernel == "single_query" else [])
+    # The native kernel takes bfloat16 and float32 only: fp16 layers keep single-query.
+    native_takes_it = dtype != torch.float16
+    expected = [len(DECODE_BATCH)] if kernel == "single_query" or (
+        kernel == "native" and native_takes_it) else []
+    assert calls == expected
 
 
 @pytest.mark.skipif(not device.is_cpu_mode(), reason="CPU mode's decode-kernel choice")
@@ -498,7 +504,12 @@ def test_decode_kernel_is_measured_once_per_head_configuration(monkeypatch):
     def spy(*key):
         measured.append(key)
         seconds = real(*key)
-        assert set(seconds) == set(attention_kernels.DECODE_KERNELS)
+        # All three where a compiler built the native kernel (tests/test_native_decode.py
+        # checks that it does here, and what happens where it cannot).
+        expected = set(attention_kernels.DECODE_KERNELS)
+        if attention_kernels.native_decode.unavailable_reason():
+            expected.discard("native")
+        assert set(seconds) == expected
         assert all(0 < t < 10 for t in seconds.values())
         return seconds
 
@@ -508,7 +519,7 @@ def test_decode_kernel_is_measured_once_per_head_configuration(monkeypatch):
         assert chosen in attention_kernels.DECODE_KERNELS and settled
     assert measured == [(8, 2, 64, torch.bfloat16, 16)]
     monkeypatch.setenv("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "bogus")
-    with pytest.raises(ValueError, match="must be 'auto', 'varlen' or 'single_query'"):
+    with pytest.raises(ValueError, match="must be 'auto', 'varlen', 'single_query' or 'native'"):
         attention_kernels.decode_kernel(8, 2, 64, torch.bfloat16, 16)
 
 

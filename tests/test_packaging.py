@@ -59,6 +59,8 @@ def test_artefacts_carry_the_version_license_and_entry_points(artefacts):
         (eps,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points = zf.read(eps).decode()
     assert "vllm_xpu_plugin/kernels/attention.py" in names
+    # The native decode kernel is compiled from this source on the user's machine.
+    assert "vllm_xpu_plugin/kernels/cpu_decode_attention.cpp" in names
     assert not any(n.startswith("tests/") for n in names)
     assert "[vllm.platform_plugins]\nxpu = vllm_xpu_plugin:register" in entry_points
     assert "[vllm.general_plugins]\nxpu_ops = vllm_xpu_plugin:register_ops" in entry_points

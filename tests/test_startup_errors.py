@@ -118,7 +118,7 @@ def test_misconfiguration_exits_with_one_clear_line(startup_runs, case):
 
 @pytest.mark.parametrize("name,value,expected", [
     ("VLLM_XPU_PLUGIN_CPU_GEMM_MAX_ROWS", "-3", "must be 'auto' or a number of rows"),
-    ("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "fast", "'auto', 'varlen' or 'single_query'"),
+    ("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "fast", "'auto', 'varlen', 'single_query' or 'native'"),
     ("VLLM_XPU_PLUGIN_CPU_GEMM_BLOCK", "8", "must be 'auto', 16, 32 or 64"),
     ("VLLM_XPU_PLUGIN_CPU_KVCACHE_GB", "lots", "is not a number of GiB"),
 ])

@@ -63,13 +63,14 @@ def _cpu_gemm_block():
 
 def _cpu_decode_attention():
     # CPU mode: the paged-attention kernel of decode-only batches. Unset or "auto": the one
-    # measured faster on this machine (kernels/attention.py); "varlen" or "single_query".
+    # measured fastest on this machine (kernels/attention.py); "varlen", "single_query" or
+    # "native" (the plugin's own kernel, kernels/native_decode.py).
     raw = os.environ.get("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION", "").strip().lower()
     if raw in ("", "auto"):
         return None
-    if raw not in ("varlen", "single_query"):
+    if raw not in ("varlen", "single_query", "native"):
         raise ValueError(f"VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION={raw!r} must be 'auto', "
-                         "'varlen' or 'single_query'")
+                         "'varlen', 'single_query' or 'native'")
     return raw
 
 

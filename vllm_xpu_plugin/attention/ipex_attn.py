@@ -221,8 +221,8 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         self.logits_soft_cap = -1.0 if not logits_soft_cap else float(logits_soft_cap)
         # Layers that reuse another layer's KV cache must not write into it.
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
-        # CPU mode: decode-only batches may run on the single-query kernel (chosen per
-        # machine, kernels/attention.py).
+        # CPU mode: decode-only batches may run on IPEX's single-query kernel or the
+        # plugin's native one (chosen per machine, kernels/attention.py).
         self._single_query_possible = (
             attn_type == AttentionType.DECODER
             and attention_kernels.single_query_decode_possible(
@@ -280,11 +280,18 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
                     key_cache, value_cache, attn_metadata.kv_write_slot_mapping,
                     self._kernel_kv_dtype)
 
-        if attn_metadata.max_query_len == 1 and self._decode_on_single_query(query, key_cache):
+        decode_kernel = ("varlen" if attn_metadata.max_query_len != 1
+                         else self._decode_kernel_for(query, key_cache))
+        if decode_kernel == "single_query":
             attention_kernels.paged_attention_single_query(
                 output_rows, query, key_cache, value_cache, self._head_mapping, self.scale,
                 attn_metadata.block_table, attn_metadata.seq_lens,
                 device.kv_cache_block_size(key_cache), attn_metadata.max_seq_len)
+            return output
+        if decode_kernel == "native":
+            attention_kernels.paged_attention_native(
+                output_rows, query, key_cache, value_cache, self.scale,
+                attn_metadata.block_table, attn_metadata.seq_lens)
             return output
         attention_kernels.paged_attention_varlen(
             output_rows,
@@ -303,21 +310,21 @@ class IPEXAttentionImpl(AttentionImpl[IPEXAttentionMetadata]):
         )
         return output
 
-    def _decode_on_single_query(self, query: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    def _decode_kernel_for(self, query: torch.Tensor, key_cache: torch.Tensor) -> str:
         # Kept per layer once settled (the setting, or a measurement on a quiet machine,
         # does not change while the engine runs), not re-read on every layer of every
         # decode step; asked again while a measurement taken under load is provisional.
         if self._decode_kernel is not None:
-            return self._decode_kernel == "single_query"
+            return self._decode_kernel
         if not self._single_query_possible:
             self._decode_kernel = "varlen"
-            return False
+            return "varlen"
         kernel, settled = attention_kernels.decode_kernel(
             self.num_heads, self.num_kv_heads, self.head_size, query.dtype,
             device.kv_cache_block_size(key_cache))
         if settled:
             self._decode_kernel = kernel
-        return kernel == "single_query"
+        return kernel
 
     def _cache_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (key_cache, value_cache) of this layer's cache, split once instead of per step.

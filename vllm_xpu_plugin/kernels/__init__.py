@@ -7,7 +7,9 @@ Device queries (which device, its memory, the KV-cache layout, the IPEX import) 
 - :mod:`.activations` SiLU/GELU-and-mul
 - :mod:`.norms` RMS norm, fused add + RMS norm
 - :mod:`.rotary` rotary embeddings
-- :mod:`.attention` paged attention (KV-cache write, varlen causal attention)
+- :mod:`.attention` paged attention (KV-cache write, varlen causal attention, CPU mode's
+  decode-kernel choice)
+- :mod:`.native_decode` CPU mode's own decode-attention kernel (C++, built at first use)
 - :mod:`.gemm` CPU mode's prepacked linear layers
 - :mod:`.int4_gemm` int4 GPTQ/AWQ weight-only GEMMs
 - :mod:`.sampling` the greedy pick

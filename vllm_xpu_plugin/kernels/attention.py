@@ -6,6 +6,7 @@ The KV-cache tensors are in :func:`vllm_xpu_plugin.device.kv_cache_layout`."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_xpu_plugin import device, envs, host_cpu
+from vllm_xpu_plugin.kernels import native_decode
 from vllm_xpu_plugin.kernels.cpu_threads import cpu_small_op
 from vllm_xpu_plugin.log import init_logger
 
@@ -126,7 +128,10 @@ def paged_attention_varlen(
 #   AMD EPYC, AVX512-BF16, no AMX (2026-12-02, 1 thread, load 2.8): single-query 3.5-7x
 #   faster (SmolLM2 heads 9/3x64, 16 x 320 tokens: 4.41 -> 0.62 ms; Llama-8B heads
 #   32/8x128, 32 x 1024: 154 -> 25 ms).
-# So a decode-only batch uses the kernel measured faster on this machine, once per head
+# A third candidate is the plugin's own kernel (native_decode.py, compiled on this machine
+# at first use): 1.5-2.1x the single-query kernel on the AVX512-BF16 EPYC (2026-12-03),
+# for bf16/fp32 and head sizes that are multiples of 16 up to 256.
+# So a decode-only batch uses the kernel measured fastest on this machine, once per head
 # configuration, on a synthetic batch (decode_kernel), unless
 # VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION fixes it.
 #
@@ -139,7 +144,7 @@ def paged_attention_varlen(
 # _DECODE_RETRY_S later, keeping the quietest measurement, at most
 # _DECODE_MAX_MEASUREMENTS times.
 
-DECODE_KERNELS = ("varlen", "single_query")
+DECODE_KERNELS = ("varlen", "single_query", "native")
 _SINGLE_QUERY_KERNEL_ENV = "PAGED_ATTENTION_SINGLE_QUERY_KERNEL"  # read by IPEX's C++
 _DECODE_TUNE_SEQS, _DECODE_TUNE_CONTEXT, _DECODE_TUNE_REPEATS = 16, 512, 3
 # At least this long, so that the other processes' CPU time (10 ms ticks) is resolved to
@@ -194,6 +199,22 @@ def paged_attention_single_query(
         block_size, max_seq_len, None, -1, 1.0, 1.0, -1.0)
 
 
+def prepare_decode_kernels() -> None:
+    """CPU mode, at model load: build the native decode kernel unless the setting fixes
+    one of IPEX's kernels (a failed build is logged and leaves IPEX's two)."""
+    if envs.VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION in (None, "native"):
+        native_decode.unavailable_reason()
+
+
+def paged_attention_native(out: torch.Tensor, query: torch.Tensor, key_cache: torch.Tensor,
+                           value_cache: torch.Tensor, scale: float, block_table: torch.Tensor,
+                           seq_lens: torch.Tensor) -> None:
+    """CPU mode: what :func:`paged_attention_single_query` computes, on the plugin's own
+    kernel (native_decode.py); only where ``native_decode.supports`` the configuration."""
+    native_decode.paged_attention_decode(out, query, key_cache, value_cache, scale,
+                                         block_table, seq_lens)
+
+
 def _measure_decode_kernels(num_heads: int, num_kv_heads: int, head_size: int,
                             dtype: torch.dtype, block_size: int) -> dict[str, float]:
     """Seconds per call of each decode kernel on a synthetic batch (min of interleaved
@@ -219,6 +240,9 @@ def _measure_decode_kernels(num_heads: int, num_kv_heads: int, head_size: int,
             out, query, key_cache, value_cache, mapping, scale, block_table, seq_lens,
             block_size, context),
     }
+    if native_decode.supports(dtype, num_heads, num_kv_heads, head_size):
+        calls["native"] = lambda: paged_attention_native(
+            out, query, key_cache, value_cache, scale, block_table, seq_lens)
     best = dict.fromkeys(calls, float("inf"))
     for call in calls.values():
         call()  # warm-up
@@ -241,11 +265,16 @@ def head_mapping(num_heads: int, num_kv_heads: int) -> torch.Tensor:
 
 def decode_kernel(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype,
                   block_size: int) -> tuple[str, bool]:
-    """("single_query" or "varlen", settled): the kernel decode-only batches of this
+    """(one of DECODE_KERNELS, settled): the kernel decode-only batches of this
     configuration use in CPU mode (VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION, or measured), and
     whether that is final; an unsettled choice (measured while other processes used the
-    CPU) may change at a later call."""
+    CPU) may change at a later call. "native" only where native_decode supports the
+    configuration: asked for elsewhere, the single-query kernel serves."""
     fixed = envs.VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION
+    if fixed == "native" and not native_decode.supports(dtype, num_heads, num_kv_heads,
+                                                        head_size):
+        _warn_native_unsupported(num_heads, num_kv_heads, head_size, dtype)
+        return "single_query", True
     if fixed is not None:
         return fixed, True
     key = (num_heads, num_kv_heads, head_size, dtype, block_size)
@@ -255,6 +284,17 @@ def decode_kernel(num_heads: int, num_kv_heads: int, head_size: int, dtype: torc
         decision = _measure_decision(key, decision)
         _decode_kernel_by_config[key] = decision
     return decision.kernel, decision.settled
+
+
+@functools.cache
+def _warn_native_unsupported(num_heads: int, num_kv_heads: int, head_size: int,
+                             dtype: torch.dtype) -> None:
+    why = native_decode.unavailable_reason() or (
+        "it takes bfloat16 or float32, head sizes that are multiples of 16 up to 256 and "
+        "at most 16 query heads per KV head")
+    logger.warning("VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION=native: not for %d/%d heads x %d, "
+                   "%s (%s); those layers use the single-query kernel", num_heads,
+                   num_kv_heads, head_size, str(dtype).removeprefix("torch."), why)
 
 
 def _measure_decision(key: tuple, previous: DecodeKernelDecision | None
@@ -285,7 +325,7 @@ def _measure_decision(key: tuple, previous: DecodeKernelDecision | None
     else:
         logger.warning("%s: other processes used >= %.2f cores in each of %d measurements, "
                        "so this choice may be wrong for a quiet machine; "
-                       "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION=varlen|single_query fixes it",
+                       "VLLM_XPU_PLUGIN_CPU_DECODE_ATTENTION=varlen|single_query|native fixes it",
                        what, others, measurements)
     return decision
 

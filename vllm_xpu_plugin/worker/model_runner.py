@@ -22,6 +22,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from vllm_xpu_plugin import device, envs, host_cpu, structured_output
 from vllm_xpu_plugin.compilation import traceable_ops
+from vllm_xpu_plugin.kernels import attention as attention_kernels
 from vllm_xpu_plugin.kernels import gemm
 from vllm_xpu_plugin.log import init_logger
 from vllm_xpu_plugin.sample import XPUPluginSampler
@@ -88,6 +89,9 @@ class XPUPluginModelRunner(GPUModelRunner):
         super().load_model(*args, **kwargs)
         if device.is_cpu_mode():
             _prepack_cpu_gemm_weights(self.model)
+            # Built (about 10 s on 2 cores, once per machine: cached) while loading, not in
+            # the first request's decode step where the kernel choice is measured.
+            attention_kernels.prepare_decode_kernels()
         if self.vllm_config.compilation_config.level:  # torch.compile (compilation/)
             traceable_ops.prepare_model_for_compile(self.model, self.model_config.dtype)
 
