@@ -18,6 +18,10 @@
 #include <cstring>
 #include <vector>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 namespace {
 
 typedef float vf __attribute__((vector_size(64)));
@@ -32,12 +36,18 @@ constexpr int kMaxGroup = 16;  // query heads per KV head (kernels/native_decode
 struct BF16 {
   typedef uint16_t T;
   static vf load16(const T* p) {
+#ifdef __AVX512F__
+    // One zero-extending load (GCC 12 splits the generic conversion below into four).
+    return reinterpret_cast<vf>(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#else
     vh h;
     std::memcpy(&h, p, sizeof h);
     vu u = __builtin_convertvector(h, vu) << 16;
     vf f;
     std::memcpy(&f, &u, sizeof f);
     return f;
+#endif
   }
   static float load1(const T* p) {
     uint32_t u = static_cast<uint32_t>(*p) << 16;
@@ -171,6 +181,24 @@ inline void for_each_row(const Args& a, const T* cache, const int32_t* blocks, i
   }
 }
 
+// The probability-weighted sum of the value rows, for G query heads (scores s: G x n,
+// probabilities by now; acc: G x D).
+template <typename E, int D, int G>
+void weighted_values(const Args& a, const typename E::T* vc, const int32_t* blocks, int h,
+                     int start, int n, const float* s, float* acc) {
+  constexpr int NV = D / 16;
+  vf out[G][NV] = {};
+  for_each_row<D>(a, vc, blocks, h, start, n, [&](int t, const typename E::T* v) {
+    vf vv[NV];
+    for (int j = 0; j < NV; ++j) vv[j] = E::load16(v + j * 16);
+    for (int gi = 0; gi < G; ++gi) {
+      const float p = s[gi * n + t];
+      for (int j = 0; j < NV; ++j) out[gi][j] += p * vv[j];
+    }
+  });
+  std::memcpy(acc, out, sizeof out);
+}
+
 // One task: query heads h*g .. h*g+g-1 of one sequence over tokens [start, start + n).
 // Scores go to s (g x n); m/l/acc get the partition's max, sum of exp and sum of
 // exp-weighted values.
@@ -228,18 +256,20 @@ void partition(const Args& a, const vf (&q)[kMaxGroup][D / 16], int g, int64_t s
     m_out[gi] = m;
     l_out[gi] = l;
   }
-  vf out[kMaxGroup][NV];
-  for (int gi = 0; gi < g; ++gi)
-    for (int j = 0; j < NV; ++j) out[gi][j] = vf{};
-  for_each_row<D>(a, vc, blocks, h, start, n, [&](int t, const T* v) {
-    vf vv[NV];
-    for (int j = 0; j < NV; ++j) vv[j] = E::load16(v + j * 16);
-    for (int gi = 0; gi < g; ++gi) {
-      const float p = s[gi * n + t];
-      for (int j = 0; j < NV; ++j) out[gi][j] += p * vv[j];
+  // Values: heads in chunks of kHeads (a compile-time count, so that the chunk's
+  // accumulators live in registers; with a runtime count they went through memory, a
+  // store and a load per accumulator and token), each chunk one pass over the rows.
+  constexpr int kHeads = std::max(1, std::min(4, 24 / NV));
+  for (int g0 = 0; g0 < g; g0 += kHeads) {
+    const float* sc = s + g0 * n;
+    float* ac = acc + g0 * D;
+    switch (std::min(kHeads, g - g0)) {
+      case 1: weighted_values<E, D, 1>(a, vc, blocks, h, start, n, sc, ac); break;
+      case 2: weighted_values<E, D, std::min(2, kHeads)>(a, vc, blocks, h, start, n, sc, ac); break;
+      case 3: weighted_values<E, D, std::min(3, kHeads)>(a, vc, blocks, h, start, n, sc, ac); break;
+      default: weighted_values<E, D, kHeads>(a, vc, blocks, h, start, n, sc, ac); break;
     }
-  });
-  for (int gi = 0; gi < g; ++gi) std::memcpy(acc + gi * D, out[gi], sizeof out[gi]);
+  }
 }
 
 template <typename E, int D>
