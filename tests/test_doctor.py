@@ -71,6 +71,8 @@ class FakeProbe:
     # register() would": active in CPU mode or with a usable GPU. An exception is raised.
     activations: dict = dataclasses.field(default_factory=dict)
     ipex_imported: bool = False
+    # Why CPU mode's native decode kernel cannot be built here; "" = it builds.
+    native_kernel_problem: str = ""
 
     def python_version(self):
         return self.python
@@ -102,6 +104,9 @@ class FakeProbe:
 
     def cpu_flags(self):
         return self.flags
+
+    def native_decode_kernel_problem(self):
+        return self.native_kernel_problem
 
     def plugin_env(self):
         return PluginEnv(self.mode, None if self.kv_error else self.kv_gb, self.kv_error)
@@ -163,6 +168,24 @@ def test_healthy_cpu_mode_passes_without_gpu_runtime():
     assert checks["CPU KV cache"].status == OK and "4 GiB" in checks["CPU KV cache"].detail
     assert "Level Zero" not in checks and "xpu:0" not in checks
     assert "IPEX 2.8.0+cpu" in checks["supported set"].detail
+    assert checks["decode kernel"].status == OK
+    assert "native" in checks["decode kernel"].detail
+
+
+def test_cpu_mode_without_a_compiler_warns_and_still_serves():
+    code, checks, text = run(cpu_probe(
+        native_kernel_problem="no C++ compiler ($CXX, g++ or c++) on PATH"))
+    assert code == 0, text
+    check = checks["decode kernel"]
+    assert check.status == WARN and "no C++ compiler" in check.detail
+    assert "IPEX" in check.detail and "g++" in check.fix, text
+    assert text.rstrip().endswith("Serving can work here.")
+
+
+def test_xpu_mode_does_not_build_the_cpu_kernel():
+    probe = FakeProbe(native_kernel_problem="must not be asked")
+    code, checks, text = run(probe)
+    assert code == 0 and "decode kernel" not in checks, text
 
 
 # ----------------------------------------------------------------------- simulated failures
@@ -319,6 +342,9 @@ def test_cpu_mode_on_this_machine(monkeypatch):
     assert payload["serving_possible"] is True
     assert checks["IPEX"]["detail"].endswith("(imports)")
     assert checks["vLLM plugin"]["detail"].endswith("platform.XPUPluginPlatform")
+    # This machine has a compiler (tests/test_native_decode.py needs it too): the real
+    # probe built, or found built, the native decode kernel.
+    assert checks["decode kernel"]["status"] == OK, out.getvalue()
 
 
 def test_console_script_and_module_entry_point():

@@ -105,6 +105,7 @@ class Probe(Protocol):
     def loaded_library(self, name_fragment: str) -> Optional[str]: ...
     def xccl_available(self) -> bool: ...
     def cpu_flags(self) -> set[str]: ...
+    def native_decode_kernel_problem(self) -> str: ...
     def plugin_env(self) -> PluginEnv: ...
     def vllm_plugins_allowlist(self) -> Optional[list[str]]: ...
     def platform_plugins(self) -> dict[str, str]: ...
@@ -205,6 +206,15 @@ class SystemProbe:
         from vllm_xpu_plugin import host_cpu
 
         return set(host_cpu.cpu_flags())
+
+    def native_decode_kernel_problem(self) -> str:
+        # Builds the kernel (seconds, once per machine: the engine then finds it cached).
+        try:
+            from vllm_xpu_plugin.kernels import native_decode
+
+            return native_decode.unavailable_reason()
+        except Exception as exc:
+            return _last_line(exc)
 
     def plugin_env(self) -> PluginEnv:
         from vllm_xpu_plugin import envs
@@ -466,6 +476,15 @@ class Doctor:
         else:
             self.add("CPU KV cache", OK, f"{env.cpu_kvcache_gb:g} GiB "
                      "(VLLM_XPU_PLUGIN_CPU_KVCACHE_GB)")
+        problem = self.probe.native_decode_kernel_problem()
+        if problem:
+            self.add("decode kernel", WARN, f"the plugin's native decode-attention kernel "
+                     f"cannot be built ({problem}): decodes use IPEX's kernels, up to 2x "
+                     "slower", "install a C++ compiler with OpenMP (apt-get install g++) or "
+                     "point CXX at one")
+        else:
+            self.add("decode kernel", OK, "the plugin's native decode-attention kernel "
+                     "builds here (a candidate of the load-time measurement)")
         self.add("torch.xpu", INFO, "available but unused in CPU mode"
                  if torch_status.xpu_available else "not available (not needed in CPU mode)")
 
