@@ -129,7 +129,7 @@ def paged_attention_varlen(
 #   faster (SmolLM2 heads 9/3x64, 16 x 320 tokens: 4.41 -> 0.62 ms; Llama-8B heads
 #   32/8x128, 32 x 1024: 154 -> 25 ms).
 # A third candidate is the plugin's own kernel (native_decode.py, compiled on this machine
-# at first use): 1.5-2.1x the single-query kernel on the AVX512-BF16 EPYC (2026-12-03),
+# at first use): 1.7-2.1x the single-query kernel on the AVX512-BF16 EPYC (2026-12-07),
 # for bf16/fp32 and head sizes that are multiples of 16 up to 256.
 # So a decode-only batch uses the kernel measured fastest on this machine, once per head
 # configuration, on a synthetic batch (decode_kernel), unless

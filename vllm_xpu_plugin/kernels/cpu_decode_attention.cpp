@@ -1,7 +1,7 @@
 // CPU mode: paged attention of one query per sequence (decode-only batches), the plugin's
 // own kernel. Compiled on the user's machine at first use (kernels/native_decode.py:
 // g++ -O3 -march=native -fopenmp) and loaded with ctypes; no torch headers, so it
-// compiles in about a second. Why it exists: IPEX 2.8's CPU decode kernels are bound by
+// compiles in seconds. Why it exists: IPEX 2.8's CPU decode kernels are bound by
 // their own work per KV element (~1.4 cycles per bf16 element), not by memory; this one
 // reads each K/V row once for all query heads sharing it, in 16-float vectors, reduces the
 // scores of 16 tokens together, prefetches the next block and has a vectorized exp

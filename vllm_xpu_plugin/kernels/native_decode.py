@@ -2,13 +2,14 @@
 on this machine at first use and called through ctypes.
 
 Why: IPEX 2.8's CPU decode kernels are bound by their own work per KV element, far below
-memory bandwidth (docs/performance.md, "Targets missed"). Measured 2026-12-03 (AMD EPYC,
-AVX512-BF16, 2 threads, quiet): 1.5-2.1x IPEX's single-query kernel at SmolLM2's and
-Llama-8B's heads. It is one of the candidates kernels/attention.py measures at load, so it
-is used only where it is measured faster.
+memory bandwidth (docs/performance.md, "Decode attention"). Measured 2026-12-07 (AMD EPYC,
+AVX512-BF16, 2 threads, `make bench-kernels`): 78-87 % of the STREAM copy at SmolLM2's
+heads and 58-63 % at Llama-8B's, against 33-45 % for IPEX's single-query kernel; the
+engine 1.07-1.14x faster end to end. It is one of the candidates kernels/attention.py
+measures at load, so it is used only where it is measured faster.
 
 It is built with the system C++ compiler (``$CXX``, else ``g++`` / ``c++``) as
-``-O3 -march=native -fopenmp``, with no torch headers (about a second), into
+``-O3 -march=native -fopenmp``, with no torch headers (about 7 s on 2 cores), into
 ``$VLLM_CACHE_ROOT/xpu_plugin_native/`` under a name hashed from the source, the flags,
 the compiler's version and this CPU's flags, so a cache shared between machines or
 compilers never loads a foreign build. Without a compiler, or if the build fails, the
