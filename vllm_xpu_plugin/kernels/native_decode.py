@@ -9,7 +9,7 @@ engine 1.07-1.14x faster end to end. It is one of the candidates kernels/attenti
 measures at load, so it is used only where it is measured faster.
 
 It is built with the system C++ compiler (``$CXX``, else ``g++`` / ``c++``) as
-``-O3 -march=native -fopenmp``, with no torch headers (about 7 s on 2 cores), into
+``-O3 -march=native -fopenmp``, with no torch headers (about 8 s on 2 cores), into
 ``$VLLM_CACHE_ROOT/xpu_plugin_native/`` under a name hashed from the source, the flags,
 the compiler's version and this CPU's flags, so a cache shared between machines or
 compilers never loads a foreign build. Without a compiler, or if the build fails, the

@@ -89,7 +89,7 @@ class XPUPluginModelRunner(GPUModelRunner):
         super().load_model(*args, **kwargs)
         if device.is_cpu_mode():
             _prepack_cpu_gemm_weights(self.model)
-            # Built (about 10 s on 2 cores, once per machine: cached) while loading, not in
+            # Built (about 8 s on 2 cores, once per machine: cached) while loading, not in
             # the first request's decode step where the kernel choice is measured.
             attention_kernels.prepare_decode_kernels()
         if self.vllm_config.compilation_config.level:  # torch.compile (compilation/)
