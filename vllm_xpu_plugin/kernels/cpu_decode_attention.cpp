@@ -263,11 +263,19 @@ void partition(const Args& a, const vf (&q)[kMaxGroup][D / 16], int g, int64_t s
   for (int g0 = 0; g0 < g; g0 += kHeads) {
     const float* sc = s + g0 * n;
     float* ac = acc + g0 * D;
+    // Chunks never exceed kHeads: min() keeps the unreachable cases instantiable.
     switch (std::min(kHeads, g - g0)) {
-      case 1: weighted_values<E, D, 1>(a, vc, blocks, h, start, n, sc, ac); break;
-      case 2: weighted_values<E, D, std::min(2, kHeads)>(a, vc, blocks, h, start, n, sc, ac); break;
-      case 3: weighted_values<E, D, std::min(3, kHeads)>(a, vc, blocks, h, start, n, sc, ac); break;
-      default: weighted_values<E, D, kHeads>(a, vc, blocks, h, start, n, sc, ac); break;
+      case 1:
+        weighted_values<E, D, 1>(a, vc, blocks, h, start, n, sc, ac);
+        break;
+      case 2:
+        weighted_values<E, D, std::min(2, kHeads)>(a, vc, blocks, h, start, n, sc, ac);
+        break;
+      case 3:
+        weighted_values<E, D, std::min(3, kHeads)>(a, vc, blocks, h, start, n, sc, ac);
+        break;
+      default:
+        weighted_values<E, D, kHeads>(a, vc, blocks, h, start, n, sc, ac);
     }
   }
 }
