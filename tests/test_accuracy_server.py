@@ -25,7 +25,7 @@ parity:
   accuracy_points: 1.0
   generation_prefix_agreement: 0.9
 tasks:
-  - name: offline_bigbench_general_knowledge
+  - name: offline_gsm8k_mc
     num_fewshot: 0
     limit: 6
     smoke_limit: 6
