@@ -5,7 +5,7 @@ Why: IPEX 2.8's CPU decode kernels are bound by their own work per KV element, f
 memory bandwidth (docs/performance.md, "Decode attention"). Measured 2026-12-07 (AMD EPYC,
 AVX512-BF16, 2 threads, `make bench-kernels`): 78-87 % of the STREAM copy at SmolLM2's
 heads and 58-63 % at Llama-8B's, against 33-45 % for IPEX's single-query kernel; the
-engine 1.07-1.14x faster end to end. It is one of the candidates kernels/attention.py
+engine 1.06-1.14x faster end to end. It is one of the candidates kernels/attention.py
 measures at load, so it is used only where it is measured faster.
 
 It is built with the system C++ compiler (``$CXX``, else ``g++`` / ``c++``) as
