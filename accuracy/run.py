@@ -410,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"accuracy: error: {e}", file=sys.stderr)
             r, n = [CheckRow(cfg.name, "vllm", "all tasks", "engine ran to the end", "yes",
                              str(e), "", False)], []  # fmt: skip
+        except ConfigError as e:  # e.g. a task whose data cannot be had here
+            print(f"accuracy: error: {e}", file=sys.stderr)
+            r, n = [CheckRow(cfg.name, "-", "all tasks", "data for every task", "yes",
+                             str(e), "", False)], []  # fmt: skip
         rows += r
         notes += n
     notes.append(f"total {time.monotonic() - t0:.0f}s, OMP_NUM_THREADS="

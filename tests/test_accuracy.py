@@ -215,6 +215,25 @@ def test_data_builds_without_bigbench_when_the_index_does_not_serve_it(tmp_path,
     assert (out / "bigbench" / f"{prepare_data.BIGBENCH_TASKS[0]}.jsonl").is_file()
 
 
+def test_bigbench_tasks_without_data(monkeypatch, tmp_path):
+    from accuracy import evaluation, run
+
+    cfg = load_config(CONFIG_DIR / "SmolLM2-135M-Instruct-fp32.yaml")
+    monkeypatch.setattr(evaluation, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(prepare_data, "bigbench_unavailable", lambda out: "index says no")
+    # A full run checks the BIG-bench tasks' expected values: it stops, in one line.
+    with pytest.raises(ConfigError, match="no data for offline_bigbench_.*: index says no"):
+        run.tasks_with_data(cfg, smoke=False)
+    # The short subset (parity only) goes on without them and says so.
+    kept, note = run.tasks_with_data(cfg, smoke=True)
+    assert [t.name for t in kept.tasks] == [t.name for t in cfg.tasks
+                                            if not t.name.startswith("offline_bigbench_")]
+    assert "offline_gsm8k_mc" in [t.name for t in kept.tasks]
+    assert note.startswith(f"{cfg.name}: not run, no data here: offline_bigbench_")
+    monkeypatch.setattr(prepare_data, "bigbench_unavailable", lambda out: "")
+    assert run.tasks_with_data(cfg, smoke=False) == (cfg, "")
+
+
 def _sdist_with(tmp_path, tasks: dict[str, dict]):
     sdist = tmp_path / "bigbench-1.0.0.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
